@@ -1,0 +1,231 @@
+//! The state machine's commands: every request that changes state becomes one [`Command`],
+//! applied to the store by the [`Applier`] in the order a [`Proposer`] decides.
+//!
+//! On a single member the proposer applies directly; under Raft it appends the command to the
+//! log and every member's applier runs it when committed. Either way the gRPC services above see
+//! only [`Proposer::propose`], so replication slots in underneath without touching them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use kvstore_proto::etcdserverpb::{
+    AlarmMember, AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
+};
+use tokio::sync::oneshot;
+
+use crate::alarm::Alarms;
+use crate::mvcc::{self, KvStore, LeaseRecord};
+
+/// A state-changing request, as ordered by the proposer (etcd's `InternalRaftRequest`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// KV.Put.
+    Put(PutRequest),
+    /// KV.DeleteRange.
+    DeleteRange(DeleteRangeRequest),
+    /// KV.Txn (only those that write; read-only ones never become commands).
+    Txn(TxnRequest),
+    /// KV.Compact.
+    Compact(CompactionRequest),
+    /// Lease.LeaseGrant, with the ID already chosen (never 0).
+    LeaseGrant(LeaseGrantRequest),
+    /// Lease.LeaseRevoke, or a lease's expiry.
+    LeaseRevoke(i64),
+    /// Remaining TTLs of leases, recorded so they survive a restart: (ID, remaining seconds).
+    LeaseCheckpoint(Vec<(i64, i64)>),
+    /// Maintenance.Alarm (activate or deactivate; GET is a read).
+    Alarm(AlarmRequest),
+}
+
+/// What applying a command produced. Headers carry only the revision; the server fills in
+/// cluster, member and term.
+#[derive(Debug)]
+pub enum Applied {
+    /// Answer to [`Command::Put`].
+    Put(PutResponse),
+    /// Answer to [`Command::DeleteRange`].
+    DeleteRange(DeleteRangeResponse),
+    /// Answer to [`Command::Txn`].
+    Txn(TxnResponse),
+    /// Answer to [`Command::Compact`]; `done` fires when old revisions are removed from disk.
+    Compact {
+        /// The response to send.
+        response: CompactionResponse,
+        /// Completes when the physical compaction has finished.
+        done: oneshot::Receiver<()>,
+    },
+    /// Answer to [`Command::LeaseGrant`].
+    LeaseGrant(LeaseGrantResponse),
+    /// Answer to [`Command::LeaseRevoke`].
+    LeaseRevoke(LeaseRevokeResponse),
+    /// Answer to [`Command::LeaseCheckpoint`].
+    LeaseCheckpoint,
+    /// Answer to [`Command::Alarm`].
+    Alarm(AlarmResponse),
+}
+
+/// Applies commands to the store of this member.
+pub struct Applier {
+    /// The revisioned store.
+    store: Arc<KvStore>,
+    /// The cluster's alarms.
+    alarms: Arc<Alarms>,
+}
+
+impl Applier {
+    /// An applier over a store and its alarms.
+    pub fn new(store: Arc<KvStore>, alarms: Arc<Alarms>) -> Self {
+        Self { store, alarms }
+    }
+
+    /// Applies one command. `member_id` is the member that runs the applier (for alarms).
+    /// Blocking: call from a blocking context.
+    pub fn apply(&self, command: Command, member_id: u64) -> Result<Applied, crate::Error> {
+        let store = &self.store;
+        Ok(match command {
+            Command::Put(req) => {
+                self.alarms.check_write()?;
+                Applied::Put(store.put(&req)?.0)
+            }
+            Command::DeleteRange(req) => Applied::DeleteRange(store.delete_range(&req)?.0),
+            Command::Txn(req) => {
+                self.alarms.check_write()?;
+                Applied::Txn(store.txn(&req)?.0)
+            }
+            Command::Compact(req) => {
+                let job = store.compact(req.revision)?;
+                let (tx, done) = oneshot::channel();
+                let compactor = Arc::clone(store);
+                std::thread::Builder::new()
+                    .name("compaction".into())
+                    .spawn(move || {
+                        if let Err(err) = compactor.run_compaction(job) {
+                            tracing::error!(cause = %err, "compaction failed");
+                        }
+                        let _ = tx.send(());
+                    })
+                    .map_err(|e| crate::Error::Internal(format!("spawn compaction: {e}")))?;
+                Applied::Compact {
+                    response: CompactionResponse {
+                        header: mvcc::txn::header(store.current_revision()),
+                    },
+                    done,
+                }
+            }
+            Command::LeaseGrant(req) => {
+                self.alarms.check_write()?;
+                let committed = store.lease_grant(LeaseRecord {
+                    id: req.id,
+                    ttl: req.ttl,
+                    remaining_ttl: 0,
+                })?;
+                Applied::LeaseGrant(LeaseGrantResponse {
+                    header: mvcc::txn::header(committed.rev),
+                    id: req.id,
+                    ttl: req.ttl,
+                    error: String::new(),
+                })
+            }
+            Command::LeaseRevoke(id) => {
+                let committed = store.lease_revoke(id)?;
+                Applied::LeaseRevoke(LeaseRevokeResponse {
+                    header: mvcc::txn::header(committed.rev),
+                })
+            }
+            Command::LeaseCheckpoint(checkpoints) => {
+                let mut txn = store.write();
+                for (id, remaining) in checkpoints {
+                    // A lease revoked since the checkpoint was taken has nothing to record.
+                    let _ = txn.checkpoint_lease(id, remaining);
+                }
+                txn.commit()?;
+                Applied::LeaseCheckpoint
+            }
+            Command::Alarm(req) => {
+                let member = if req.member_id == 0 { member_id } else { req.member_id };
+                let alarms: Vec<AlarmMember> =
+                    self.alarms.apply_persisted(store.backend(), &req, member)?;
+                Applied::Alarm(AlarmResponse {
+                    header: mvcc::txn::header(store.current_revision()),
+                    alarms,
+                })
+            }
+        })
+    }
+}
+
+/// How a command reaches the state machine, and how reads learn they are up to date.
+#[tonic::async_trait]
+pub trait Proposer: Send + Sync + 'static {
+    /// Orders the command, applies it, and returns the result of applying it on this member.
+    async fn propose(&self, command: Command) -> Result<Applied, crate::Error>;
+
+    /// Returns once this member's store reflects every write acknowledged before the call
+    /// (a read index), so that a read served afterwards is linearizable.
+    async fn read_barrier(&self) -> Result<(), crate::Error>;
+
+    /// The current Raft term (1 on a single member).
+    fn term(&self) -> u64;
+
+    /// The member ID of the current leader, if known.
+    fn leader(&self) -> Option<u64>;
+
+    /// The index of the last command applied on this member.
+    fn applied_index(&self) -> u64;
+}
+
+/// The proposer of a single member: applies each command directly, in arrival order.
+pub struct LocalProposer {
+    /// The state machine.
+    applier: Arc<Applier>,
+    /// This member.
+    member_id: u64,
+    /// Commands applied (starting from the store's revision at open, so it never goes back).
+    applied: Arc<AtomicU64>,
+}
+
+impl LocalProposer {
+    /// A proposer that applies straight to `applier`; its applied index starts at `applied`.
+    pub fn new(applier: Arc<Applier>, member_id: u64, applied: u64) -> Self {
+        Self {
+            applier,
+            member_id,
+            applied: Arc::new(AtomicU64::new(applied)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Proposer for LocalProposer {
+    async fn propose(&self, command: Command) -> Result<Applied, crate::Error> {
+        let applier = Arc::clone(&self.applier);
+        let member = self.member_id;
+        let applied = Arc::clone(&self.applied);
+        tokio::task::spawn_blocking(move || {
+            let result = applier.apply(command, member);
+            applied.fetch_add(1, Ordering::AcqRel);
+            result
+        })
+        .await
+        .map_err(|e| crate::Error::Internal(format!("apply task: {e}")))?
+    }
+
+    async fn read_barrier(&self) -> Result<(), crate::Error> {
+        // Every acknowledged write was applied before it was acknowledged.
+        Ok(())
+    }
+
+    fn term(&self) -> u64 {
+        1
+    }
+
+    fn leader(&self) -> Option<u64> {
+        Some(self.member_id)
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,154 @@
+//! Command-line flags and `KVSTORE_*` environment variables, named as etcd's.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// kvstore: a Raft-replicated, revisioned key-value store that speaks the etcd v3 API.
+///
+/// Every flag can also be set by an environment variable: `--data-dir` is
+/// `KVSTORE_DATA_DIR`, and so on (etcd's `ETCD_*` names with `KVSTORE_` instead).
+#[derive(Clone, Debug, Parser)]
+#[command(name = "kvstore", version, about, long_about = None)]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, env = "KVSTORE_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Path to the data directory [default: ${name}.kvstore].
+    #[arg(long, env = "KVSTORE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// List of URLs to listen on for client traffic (comma-separated; http only for now).
+    #[arg(
+        long,
+        env = "KVSTORE_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
+    pub listen_client_urls: Vec<String>,
+
+    /// List of this member's client URLs to advertise to the rest of the cluster and clients.
+    #[arg(
+        long,
+        env = "KVSTORE_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
+    pub advertise_client_urls: Vec<String>,
+
+    /// List of URLs to listen on for peer (Raft) traffic.
+    #[arg(
+        long,
+        env = "KVSTORE_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
+    pub listen_peer_urls: Vec<String>,
+
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(
+        long,
+        env = "KVSTORE_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
+    pub initial_advertise_peer_urls: Vec<String>,
+
+    /// Initial cluster configuration for bootstrapping: name=peer-url,...
+    #[arg(
+        long,
+        env = "KVSTORE_INITIAL_CLUSTER",
+        default_value = "default=http://localhost:2380"
+    )]
+    pub initial_cluster: String,
+
+    /// Initial cluster state: `new` to bootstrap, `existing` to join.
+    #[arg(long, env = "KVSTORE_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+
+    /// Initial cluster token, distinguishing clusters bootstrapped with the same configuration.
+    #[arg(
+        long,
+        env = "KVSTORE_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "KVSTORE_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "KVSTORE_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+
+    /// Raise an alarm when the backend size exceeds this many bytes (0 means the default, 2 GiB).
+    #[arg(long, env = "KVSTORE_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "KVSTORE_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "KVSTORE_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, env = "KVSTORE_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+
+    /// List of URLs to listen on for the metrics and health endpoints (/metrics, /health).
+    #[arg(
+        long,
+        env = "KVSTORE_LISTEN_METRICS_URLS",
+        value_delimiter = ','
+    )]
+    pub listen_metrics_urls: Vec<String>,
+
+    /// Log level: debug, info, warn, error.
+    #[arg(long, env = "KVSTORE_LOG_LEVEL", default_value = "warn")]
+    pub log_level: String,
+
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, env = "KVSTORE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Fsync every write before acknowledging it (single member; turn off only for tests).
+    #[arg(long, env = "KVSTORE_UNSAFE_NO_FSYNC", default_value_t = false)]
+    pub unsafe_no_fsync: bool,
+}
+
+impl Config {
+    /// The data directory, defaulting to `<name>.kvstore` as etcd defaults to `<name>.etcd`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.kvstore", self.name)))
+    }
+
+    /// The quota in bytes (etcd's default of 2 GiB when 0).
+    pub fn quota_bytes(&self) -> u64 {
+        if self.quota_backend_bytes == 0 {
+            2 * 1024 * 1024 * 1024
+        } else {
+            self.quota_backend_bytes
+        }
+    }
+}
+
+/// Parses a URL of the form `http://host:port` (or `host:port`) into a socket address string.
+pub fn url_to_addr(url: &str) -> Result<String, crate::Error> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || !rest.contains(':') {
+        return Err(crate::Error::Config(format!(
+            "invalid URL {url:?}: want http://host:port"
+        )));
+    }
+    Ok(rest.replace("localhost", "127.0.0.1"))
+}

@@ -1,0 +1,39 @@
+//! The crate's error at its boundary (the server's services, the node), wrapping the store's.
+//! The one mapping to gRPC statuses lives in `server::status`.
+
+use crate::mvcc;
+
+/// Everything a request to this member can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The revisioned store refused or failed.
+    #[error(transparent)]
+    Store(#[from] mvcc::Error),
+    /// The NOSPACE alarm is active: writes are refused until it is disarmed.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// The CORRUPT alarm is active.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    /// The lease TTL asked for exceeds the maximum.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    /// No leader is known at the moment; the client should retry.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The request could not be completed in time (e.g. the leader changed); retry.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// The member is shutting down.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// The feature is not implemented by this member yet.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// The configuration (flags, environment) is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Anything else that went wrong inside the member.
+    #[error("etcdserver: internal error: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,28 @@
+//! kvstore: a Raft-replicated, revisioned key-value store that speaks the etcd v3 API.
+//!
+//! # Layout
+//! - [`mvcc`]: the revisioned store — etcd's revision model over our own B+tree index and RocksDB.
+//! - [`apply`]: commands, the state machine that applies them, and the proposer that orders them.
+//! - [`alarm`]: NOSPACE and CORRUPT alarms.
+//! - [`watch`]: fan-out of committed changes to watchers.
+//! - [`lease`]: lease TTLs and expiry at run time.
+//! - [`server`]: the etcd v3 gRPC services, one thin adapter each.
+//! - [`membership`]: the initial cluster and etcd-compatible member and cluster IDs.
+//! - [`node`]: one member wired together; listeners and shutdown.
+//! - [`metrics`]: Prometheus `/metrics` and `/health`.
+//! - [`config`]: flags and `KVSTORE_*` environment variables.
+//! - [`error`]: the crate's error type.
+
+pub mod alarm;
+pub mod apply;
+pub mod config;
+pub mod error;
+pub mod lease;
+pub mod membership;
+pub mod metrics;
+pub mod mvcc;
+pub mod node;
+pub mod server;
+pub mod watch;
+
+pub use error::Error;

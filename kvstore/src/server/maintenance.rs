@@ -1,0 +1,160 @@
+//! The Maintenance service: Status, Hash, HashKV, Alarm, Defragment (Snapshot and MoveLeader
+//! come with replication and backups).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use kvstore_proto::etcdserverpb::{
+    alarm_request::AlarmAction, maintenance_server::Maintenance, AlarmRequest, AlarmResponse,
+    AlarmType, DefragmentRequest, DefragmentResponse, DowngradeRequest, DowngradeResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::kv::unexpected;
+use super::status::unimplemented;
+use crate::apply::{Applied, Command};
+use crate::node::Node;
+
+/// The etcd version this member reports: the API level it implements.
+pub const ETCD_VERSION: &str = "3.5.0";
+
+/// The Maintenance service of one member.
+pub struct MaintenanceService {
+    /// The member serving.
+    node: Arc<Node>,
+}
+
+impl MaintenanceService {
+    /// The Maintenance service over a node.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let req = req.into_inner();
+        if req.action == AlarmAction::Get as i32 {
+            let alarms = self
+                .node
+                .alarms
+                .list()
+                .into_iter()
+                .filter(|a| req.alarm == AlarmType::None as i32 || a.alarm == req.alarm)
+                .filter(|a| req.member_id == 0 || a.member_id == req.member_id)
+                .collect();
+            return Ok(Response::new(AlarmResponse {
+                header: Some(self.node.header(self.node.store.current_revision())),
+                alarms,
+            }));
+        }
+        match self.node.proposer.propose(Command::Alarm(req)).await? {
+            Applied::Alarm(mut resp) => {
+                self.node.fill_header(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let node = &self.node;
+        let db_size = node.store.backend().size_bytes() as i64;
+        let errors = node
+            .alarms
+            .list()
+            .into_iter()
+            .map(|a| {
+                let name = AlarmType::try_from(a.alarm)
+                    .map(|t| t.as_str_name().to_string())
+                    .unwrap_or_else(|_| a.alarm.to_string());
+                format!("memberID:{} alarm:{} ", a.member_id, name)
+            })
+            .collect();
+        let applied = node.applied_index();
+        Ok(Response::new(StatusResponse {
+            header: Some(node.header(node.store.current_revision())),
+            version: ETCD_VERSION.to_string(),
+            db_size,
+            leader: node.proposer.leader().unwrap_or(0),
+            raft_index: applied,
+            raft_term: node.proposer.term(),
+            raft_applied_index: applied,
+            errors,
+            db_size_in_use: db_size,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        let store = Arc::clone(&self.node.store);
+        tokio::task::spawn_blocking(move || store.backend().defragment())
+            .await
+            .map_err(|e| Status::internal(format!("defragment task: {e}")))?;
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.node.header(self.node.store.current_revision())),
+        }))
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let store = Arc::clone(&self.node.store);
+        let hash = tokio::task::spawn_blocking(move || store.hash_all())
+            .await
+            .map_err(|e| Status::internal(format!("hash task: {e}")))??;
+        Ok(Response::new(HashResponse {
+            header: Some(self.node.header(self.node.store.current_revision())),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        let store = Arc::clone(&self.node.store);
+        let h = tokio::task::spawn_blocking(move || store.hash_kv(rev))
+            .await
+            .map_err(|e| Status::internal(format!("hash task: {e}")))??;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.node.header(h.current_revision)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+        }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(unimplemented("Maintenance.Snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        _req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(unimplemented("Maintenance.MoveLeader"))
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(unimplemented("Maintenance.Downgrade"))
+    }
+}

@@ -1,0 +1,17 @@
+//! The etcd v3 gRPC services: one thin tonic adapter per service, over a [`crate::node::Node`].
+//!
+//! - [`kv`]: Range, Put, DeleteRange, Txn, Compact.
+//! - [`watch`]: the Watch stream.
+//! - [`lease`]: grants, revokes, keep-alives, TTL queries.
+//! - [`cluster`]: membership.
+//! - [`maintenance`]: status, hashes, alarms, defragmentation.
+//! - [`auth`]: reports authentication disabled.
+//! - [`status`]: the one mapping from errors to etcd's gRPC statuses.
+
+pub mod auth;
+pub mod cluster;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod status;
+pub mod watch;

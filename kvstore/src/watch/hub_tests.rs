@@ -1,0 +1,304 @@
+//! Unit tests of the hub: registration and grouping, the catch-up switch-over, victims.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvstore_proto::etcdserverpb::{DeleteRangeRequest, PutRequest};
+
+use super::*;
+use crate::mvcc::{KeyRange, StoreOptions};
+use crate::watch::queue::QueueLimits;
+use crate::watch::watcher::Filters;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<KvStore>,
+    hub: Arc<WatchHub>,
+}
+
+fn fixture(config: HubConfig) -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(
+        KvStore::open(
+            dir.path(),
+            StoreOptions {
+                sync_writes: false,
+                ..StoreOptions::default()
+            },
+        )
+        .expect("open store"),
+    );
+    let hub = WatchHub::with_config(Arc::clone(&store), config);
+    Fixture {
+        _dir: dir,
+        store,
+        hub,
+    }
+}
+
+fn put(store: &KvStore, key: &str, value: &str) -> i64 {
+    let (resp, _) = store
+        .put(&PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..PutRequest::default()
+        })
+        .expect("put");
+    resp.header.expect("header").revision
+}
+
+fn prefix(p: &str) -> KeyRange {
+    let mut end = p.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    KeyRange::from_etcd(p.as_bytes(), &end)
+}
+
+fn spec(range: KeyRange, start_rev: i64) -> WatchSpec {
+    WatchSpec {
+        range,
+        start_rev,
+        filters: Filters::default(),
+    }
+}
+
+/// (watcher, key, mod_revision) of every event delivered, in order.
+fn events_of(d: &Delivery) -> Vec<(WatcherKey, String, i64)> {
+    match d {
+        Delivery::Events {
+            watcher, events, ..
+        } => events
+            .iter()
+            .map(|e| {
+                let kv = e.kv.as_ref().expect("kv");
+                (
+                    *watcher,
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                    kv.mod_revision,
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+async fn recv(stream: &HubStream) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), stream.recv())
+        .await
+        .expect("a delivery within 10s")
+}
+
+#[tokio::test]
+async fn hub_dispatches_each_commit_to_the_watchers_of_its_keys() {
+    let f = fixture(HubConfig::default());
+    let stream = f.hub.open_stream();
+    let exact = stream.watch(spec(KeyRange::Single(b"/a/1".to_vec()), 0)).key;
+    let pre = stream.watch(spec(prefix("/a/"), 0)).key;
+    let other = stream.watch(spec(prefix("/b/"), 0)).key;
+    assert_eq!(f.hub.counts(), (3, 0, 0));
+
+    let r1 = put(&f.store, "/a/1", "x");
+    let r2 = put(&f.store, "/a/2", "x");
+    let r3 = put(&f.store, "/c", "x");
+    let mut got = Vec::new();
+    while let Some(d) = stream.try_recv() {
+        got.extend(events_of(&d));
+    }
+    got.sort();
+    let mut want = vec![
+        (exact, "/a/1".to_string(), r1),
+        (pre, "/a/1".to_string(), r1),
+        (pre, "/a/2".to_string(), r2),
+    ];
+    want.sort();
+    assert_eq!(got, want, "nothing for {other} nor for {r3}");
+}
+
+#[tokio::test]
+async fn hub_applies_filters_and_future_start_revisions() {
+    let f = fixture(HubConfig::default());
+    let stream = f.hub.open_stream();
+    let now = f.hub.revision();
+    let no_put = stream
+        .watch(WatchSpec {
+            range: prefix("/a/"),
+            start_rev: 0,
+            filters: Filters {
+                no_put: true,
+                no_delete: false,
+            },
+        })
+        .key;
+    let future = stream.watch(spec(prefix("/a/"), now + 2)).key;
+    put(&f.store, "/a/1", "x");
+    let r2 = put(&f.store, "/a/1", "y");
+    let (resp, _) = f
+        .store
+        .delete_range(&DeleteRangeRequest {
+            key: b"/a/1".to_vec(),
+            ..DeleteRangeRequest::default()
+        })
+        .expect("delete");
+    let r3 = resp.header.expect("header").revision;
+    let mut got = Vec::new();
+    while let Some(d) = stream.try_recv() {
+        got.extend(events_of(&d));
+    }
+    got.sort();
+    let mut want = vec![
+        (no_put, "/a/1".to_string(), r3),
+        (future, "/a/1".to_string(), r2),
+        (future, "/a/1".to_string(), r3),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn catch_up_switches_to_synced_without_gap_or_duplicate() {
+    let f = fixture(HubConfig {
+        batch_events: 7,
+        ..HubConfig::default()
+    });
+    let first = put(&f.store, "/k/0", "v");
+    for i in 1..200 {
+        put(&f.store, &format!("/k/{i}"), "v");
+    }
+    // Keep writing while the watcher catches up, so the switch happens under live traffic.
+    let store = Arc::clone(&f.store);
+    let writer = std::thread::spawn(move || {
+        let mut last = 0;
+        for i in 200..600 {
+            last = put(&store, &format!("/k/{i}"), "v");
+            if i % 50 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        last
+    });
+    let stream = f.hub.open_stream();
+    let w = stream.watch(spec(prefix("/k/"), first)).key;
+
+    let mut revs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while revs.len() < 600 && Instant::now() < deadline {
+        let d = recv(&stream).await;
+        revs.extend(events_of(&d).into_iter().map(|(_, _, rev)| rev));
+    }
+    let last = writer.join().expect("writer");
+    let want: Vec<i64> = (first..=last).collect();
+    assert_eq!(revs, want, "every revision exactly once, in order");
+    assert_eq!(f.hub.watcher_state(w), Some(WatcherState::Synced));
+    let r = put(&f.store, "/k/next", "v");
+    let d = recv(&stream).await;
+    assert_eq!(events_of(&d), vec![(w, "/k/next".to_string(), r)]);
+}
+
+#[tokio::test]
+async fn a_slow_stream_is_set_aside_and_caught_up_from_history() {
+    let f = fixture(HubConfig {
+        queue: QueueLimits {
+            messages: 2,
+            bytes: 1 << 20,
+        },
+        batch_events: 5,
+        ..HubConfig::default()
+    });
+    let stream = f.hub.open_stream();
+    let w = stream.watch(spec(prefix("/v/"), 0)).key;
+    let mut written = Vec::new();
+    for i in 0..50 {
+        written.push(put(&f.store, &format!("/v/{i}"), "v"));
+    }
+    assert_eq!(
+        f.hub.watcher_state(w),
+        Some(WatcherState::Victim),
+        "a full queue sets the watcher aside"
+    );
+    assert_eq!(stream.queue.len(), 2, "the queue never grows past its bound");
+
+    let mut revs = Vec::new();
+    while revs.len() < written.len() {
+        let d = recv(&stream).await;
+        assert!(stream.queue.len() <= 2);
+        revs.extend(events_of(&d).into_iter().map(|(_, _, rev)| rev));
+    }
+    assert_eq!(revs, written, "every event exactly once, in order");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.hub.watcher_state(w) != Some(WatcherState::Synced) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(f.hub.watcher_state(w), Some(WatcherState::Synced));
+    let r = put(&f.store, "/v/last", "v");
+    assert_eq!(
+        events_of(&recv(&stream).await),
+        vec![(w, "/v/last".to_string(), r)]
+    );
+}
+
+#[tokio::test]
+async fn a_watch_below_the_compacted_revision_is_cancelled() {
+    let f = fixture(HubConfig::default());
+    put(&f.store, "/a", "1");
+    let r2 = put(&f.store, "/a", "2");
+    put(&f.store, "/a", "3");
+    let job = f.store.compact(r2).expect("compact");
+    f.store.run_compaction(job).expect("run compaction");
+    let stream = f.hub.open_stream();
+    let w = stream.watch(spec(KeyRange::Single(b"/a".to_vec()), r2)).key;
+    match recv(&stream).await {
+        Delivery::Compacted {
+            watcher,
+            compact_rev,
+            ..
+        } => {
+            assert_eq!(watcher, w);
+            assert_eq!(compact_rev, r2);
+        }
+        other => panic!("expected a compaction cancel, got {other:?}"),
+    }
+    assert_eq!(f.hub.watcher_state(w), None, "the watcher is removed");
+    let ok = stream.watch(spec(KeyRange::Single(b"/a".to_vec()), r2 + 1)).key;
+    let d = recv(&stream).await;
+    assert_eq!(events_of(&d), vec![(ok, "/a".to_string(), r2 + 1)]);
+}
+
+#[tokio::test]
+async fn progress_for_the_whole_stream_waits_until_every_watcher_is_synced() {
+    let f = fixture(HubConfig::default());
+    let first = put(&f.store, "/p/0", "v");
+    let last = put(&f.store, "/p/1", "v");
+    let stream = f.hub.open_stream();
+    stream.watch(spec(prefix("/p/"), first));
+    stream.request_progress_all();
+    let mut seen = Vec::new();
+    loop {
+        match recv(&stream).await {
+            Delivery::Progress { watcher, rev } => {
+                assert_eq!(watcher, None);
+                assert_eq!(rev, last);
+                break;
+            }
+            d => seen.extend(events_of(&d).into_iter().map(|(_, _, rev)| rev)),
+        }
+    }
+    assert_eq!(seen, vec![first, last], "progress comes after the replayed events");
+}
+
+#[tokio::test]
+async fn closing_a_stream_frees_its_watchers() {
+    let f = fixture(HubConfig::default());
+    let stream = f.hub.open_stream();
+    let a = stream.watch(spec(prefix("/a/"), 0)).key;
+    stream.watch(spec(prefix("/b/"), 1));
+    assert!(stream.cancel(a));
+    assert!(!stream.cancel(a), "cancelling twice finds nothing");
+    drop(stream);
+    assert_eq!(f.hub.counts(), (0, 0, 0));
+    assert!(f.hub.state.lock().streams.is_empty());
+    assert!(f.hub.state.lock().watchers.is_empty());
+    // Commits with no watchers left are cheap no-ops.
+    let r = put(&f.store, "/a/x", "v");
+    assert_eq!(f.hub.revision(), r);
+}

@@ -1,0 +1,261 @@
+//! The bounded queue of deliveries from the hub to one stream (etcd's per-stream `chan
+//! WatchResponse` of 128), bounded by a message count and a byte budget.
+//!
+//! The hub pushes without ever waiting: a push that does not fit fails, and the hub sets the
+//! watcher aside. The stream's task pops, and once a queue that refused a push has drained to
+//! half of both bounds it wakes the hub's catch-up thread, which then resumes the set-aside
+//! watchers from history. An empty queue accepts any one message, so a transaction larger than
+//! the byte budget is still delivered: the queue holds at most the budget plus one message.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvstore_proto::mvccpb::Event;
+use parking_lot::{Condvar, Mutex};
+use prost::Message;
+use tokio::sync::Notify;
+
+use super::watcher::WatcherKey;
+
+/// One thing the hub tells a stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delivery {
+    /// Events for one watcher, in revision order, whole transactions only.
+    Events {
+        /// The watcher they are for.
+        watcher: WatcherKey,
+        /// The store's revision the delivery reflects (for the response header).
+        rev: i64,
+        /// The events; shared between the watchers of one commit.
+        events: Vec<Arc<Event>>,
+    },
+    /// The watcher's next revision was compacted away: it is cancelled and removed.
+    Compacted {
+        /// The watcher cancelled.
+        watcher: WatcherKey,
+        /// The compacted revision.
+        compact_rev: i64,
+        /// The store's revision at the time (for the response header).
+        rev: i64,
+    },
+    /// Progress: every event up to `rev` has been delivered to the watcher (or, with `None`,
+    /// to every watcher of the stream).
+    Progress {
+        /// The watcher, or `None` for the whole stream (`watch_id` -1).
+        watcher: Option<WatcherKey>,
+        /// The revision reached.
+        rev: i64,
+    },
+}
+
+impl Delivery {
+    /// The bytes this delivery counts against the queue's budget.
+    fn cost(&self) -> usize {
+        match self {
+            Delivery::Events { events, .. } => {
+                events.iter().map(|e| e.encoded_len() + 16).sum::<usize>() + 64
+            }
+            _ => 64,
+        }
+    }
+}
+
+/// How large a stream's queue may grow.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    /// Most deliveries queued (etcd's `chanBufLen`).
+    pub messages: usize,
+    /// Most bytes of events queued (one larger delivery is let into an empty queue).
+    pub bytes: usize,
+}
+
+/// Wakes the hub's catch-up thread: a flag and a condition variable, so a wake-up sent while
+/// the thread is busy is not lost.
+#[derive(Debug, Default)]
+pub struct Wakeup {
+    /// Set by [`Wakeup::wake`], cleared by [`Wakeup::wait`].
+    flag: Mutex<bool>,
+    /// Signalled by [`Wakeup::wake`].
+    cond: Condvar,
+}
+
+impl Wakeup {
+    /// Wakes the waiting thread (or makes its next wait return at once).
+    pub fn wake(&self) {
+        *self.flag.lock() = true;
+        self.cond.notify_one();
+    }
+
+    /// Waits until woken or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) {
+        let mut flag = self.flag.lock();
+        if !*flag {
+            self.cond.wait_for(&mut flag, timeout);
+        }
+        *flag = false;
+    }
+}
+
+/// The queue's contents; guarded by the queue's mutex.
+#[derive(Debug, Default)]
+struct Inner {
+    /// Deliveries in the order pushed.
+    items: VecDeque<Delivery>,
+    /// Sum of the items' costs.
+    bytes: usize,
+    /// A push was refused since the queue last drained: wake the hub when it has.
+    refused: bool,
+}
+
+/// The bounded queue of one stream.
+#[derive(Debug)]
+pub struct StreamQueue {
+    /// The deliveries.
+    inner: Mutex<Inner>,
+    /// Wakes the stream's task when something is pushed.
+    ready: Notify,
+    /// The bounds.
+    limits: QueueLimits,
+    /// The hub's catch-up thread, woken when a queue that refused a push has drained.
+    hub: Arc<Wakeup>,
+}
+
+impl StreamQueue {
+    /// An empty queue with `limits`, waking `hub` when it drains after refusing a push.
+    pub fn new(limits: QueueLimits, hub: Arc<Wakeup>) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            ready: Notify::new(),
+            limits,
+            hub,
+        }
+    }
+
+    /// Queues `delivery` if it fits; gives it back if not. Never waits.
+    pub fn try_push(&self, delivery: Delivery) -> Result<(), Delivery> {
+        let cost = delivery.cost();
+        let mut inner = self.inner.lock();
+        let full = inner.items.len() >= self.limits.messages.max(1)
+            || inner.bytes + cost > self.limits.bytes;
+        if full && !inner.items.is_empty() {
+            inner.refused = true;
+            return Err(delivery);
+        }
+        inner.items.push_back(delivery);
+        inner.bytes += cost;
+        drop(inner);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// True if the queue is at or below half of both bounds: catching up a watcher of this
+    /// stream is worth trying.
+    pub fn has_room(&self) -> bool {
+        let inner = self.inner.lock();
+        Self::below_low_water(&inner, self.limits)
+    }
+
+    fn below_low_water(inner: &Inner, limits: QueueLimits) -> bool {
+        inner.items.len() <= limits.messages / 2 && inner.bytes <= limits.bytes / 2
+    }
+
+    /// Number of deliveries queued.
+    pub fn len(&self) -> usize {
+        self.inner.lock().items.len()
+    }
+
+    /// True if nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next delivery, if one is queued.
+    pub fn try_pop(&self) -> Option<Delivery> {
+        let mut inner = self.inner.lock();
+        let item = inner.items.pop_front()?;
+        inner.bytes -= item.cost();
+        let wake_hub = inner.refused && Self::below_low_water(&inner, self.limits);
+        if wake_hub {
+            inner.refused = false;
+        }
+        drop(inner);
+        if wake_hub {
+            self.hub.wake();
+        }
+        Some(item)
+    }
+
+    /// Waits for the next delivery. Cancel-safe: nothing is taken from the queue until the
+    /// delivery is returned.
+    pub async fn pop(&self) -> Delivery {
+        loop {
+            let notified = self.ready.notified();
+            if let Some(item) = self.try_pop() {
+                return item;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvstore_proto::mvccpb::KeyValue;
+
+    fn events(n: usize, value_len: usize) -> Delivery {
+        let ev = Arc::new(Event {
+            r#type: 0,
+            kv: Some(KeyValue {
+                key: b"k".to_vec(),
+                value: vec![0; value_len],
+                ..KeyValue::default()
+            }),
+            prev_kv: None,
+        });
+        Delivery::Events {
+            watcher: 1,
+            rev: 1,
+            events: vec![ev; n],
+        }
+    }
+
+    #[test]
+    fn queue_refuses_past_its_bounds_and_wakes_the_hub_when_drained() {
+        let hub = Arc::new(Wakeup::default());
+        let q = StreamQueue::new(
+            QueueLimits {
+                messages: 4,
+                bytes: 1 << 20,
+            },
+            Arc::clone(&hub),
+        );
+        for _ in 0..4 {
+            assert!(q.try_push(events(1, 10)).is_ok());
+        }
+        assert!(q.try_push(events(1, 10)).is_err(), "message bound");
+        assert!(!q.has_room());
+        q.try_pop();
+        assert!(!*hub.flag.lock(), "not drained to half yet");
+        q.try_pop();
+        assert!(*hub.flag.lock(), "drained to half after a refusal: hub woken");
+        assert!(q.has_room());
+    }
+
+    #[test]
+    fn queue_lets_one_oversized_delivery_into_an_empty_queue() {
+        let hub = Arc::new(Wakeup::default());
+        let q = StreamQueue::new(
+            QueueLimits {
+                messages: 8,
+                bytes: 1000,
+            },
+            hub,
+        );
+        assert!(q.try_push(events(4, 1000)).is_ok(), "empty queue accepts anything");
+        assert!(q.try_push(events(1, 10)).is_err(), "byte bound");
+        assert!(q.try_pop().is_some());
+        assert!(q.is_empty());
+    }
+}
