@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "etcd/api/mvccpb/kv.proto",
     "etcd/api/authpb/auth.proto",
     "etcd/api/etcdserverpb/rpc.proto",
+    "kvstore/raftpb/raft.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -13,6 +13,7 @@ use kvstore_proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
     LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
+use kvstore_proto::raftpb;
 use tokio::sync::oneshot;
 
 use crate::alarm::Alarms;
@@ -227,5 +228,81 @@ impl Proposer for LocalProposer {
 
     fn applied_index(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
+    }
+}
+
+/// The wire form of a command (what a Raft log entry and a forwarded write carry).
+impl From<Command> for raftpb::Command {
+    fn from(command: Command) -> Self {
+        use raftpb::command::Request as R;
+        let request = match command {
+            Command::Put(r) => R::Put(r),
+            Command::DeleteRange(r) => R::DeleteRange(r),
+            Command::Txn(r) => R::Txn(r),
+            Command::Compact(r) => R::Compaction(r),
+            Command::LeaseGrant(r) => R::LeaseGrant(r),
+            Command::LeaseRevoke(id) => R::LeaseRevoke(id),
+            Command::LeaseCheckpoint(cps) => R::LeaseCheckpoint(raftpb::LeaseCheckpoints {
+                checkpoints: cps
+                    .into_iter()
+                    .map(|(id, remaining_ttl)| raftpb::LeaseCheckpoint { id, remaining_ttl })
+                    .collect(),
+            }),
+            Command::Alarm(r) => R::Alarm(r),
+        };
+        raftpb::Command {
+            request: Some(request),
+        }
+    }
+}
+
+impl TryFrom<raftpb::Command> for Command {
+    type Error = crate::Error;
+
+    /// Fails only for a command with no request (a peer sent garbage).
+    fn try_from(command: raftpb::Command) -> Result<Self, Self::Error> {
+        use raftpb::command::Request as R;
+        Ok(match command.request {
+            Some(R::Put(r)) => Command::Put(r),
+            Some(R::DeleteRange(r)) => Command::DeleteRange(r),
+            Some(R::Txn(r)) => Command::Txn(r),
+            Some(R::Compaction(r)) => Command::Compact(r),
+            Some(R::LeaseGrant(r)) => Command::LeaseGrant(r),
+            Some(R::LeaseRevoke(id)) => Command::LeaseRevoke(id),
+            Some(R::LeaseCheckpoint(c)) => Command::LeaseCheckpoint(
+                c.checkpoints
+                    .into_iter()
+                    .map(|c| (c.id, c.remaining_ttl))
+                    .collect(),
+            ),
+            Some(R::Alarm(r)) => Command::Alarm(r),
+            None => return Err(crate::Error::Internal("command without a request".into())),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvstore_proto::etcdserverpb::PutRequest;
+    use prost::Message;
+
+    #[test]
+    fn commands_survive_the_wire_form() {
+        let commands = vec![
+            Command::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                lease: 7,
+                ..PutRequest::default()
+            }),
+            Command::LeaseRevoke(42),
+            Command::LeaseCheckpoint(vec![(1, 10), (2, 20)]),
+        ];
+        for command in commands {
+            let wire = raftpb::Command::from(command.clone()).encode_to_vec();
+            let back = raftpb::Command::decode(wire.as_slice()).expect("decodes");
+            assert_eq!(Command::try_from(back).expect("has a request"), command);
+        }
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! - [`mvccpb`]: `KeyValue` and watch `Event`.
 //! - [`authpb`]: users, roles and permissions.
+//! - [`raftpb`]: kvstore's peer protocol (not etcd's): Raft log commands and the peer service.
 //! - [`etcdserverpb`]: the `KV`, `Watch`, `Lease`, `Cluster`, `Maintenance` and `Auth`
 //!   services (e.g. [`etcdserverpb::kv_server::KvServer`], [`etcdserverpb::kv_client::KvClient`])
 //!   and their request and response messages.
@@ -33,6 +34,12 @@ pub mod authpb {
 #[allow(clippy::all)]
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+}
+
+/// kvstore's own `raftpb` package: the command a Raft log entry carries and the peer service.
+#[allow(clippy::all)]
+pub mod raftpb {
+    include!(concat!(env!("OUT_DIR"), "/raftpb.rs"));
 }
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every file above (with imports and

@@ -149,6 +149,9 @@ pub struct KvStore {
     pub(super) compaction: Mutex<()>,
     /// Told about every committed change (the watch hub).
     observer: RwLock<Option<CommitObserver>>,
+    /// Metadata the Raft layer wants written atomically with the next committed transaction
+    /// (the log position of the entry being applied). Drained by the next commit.
+    apply_meta: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
     /// How the store was opened.
     pub(super) options: StoreOptions,
 }
@@ -168,6 +171,7 @@ impl KvStore {
             leases: RwLock::new(LeaseTable::default()),
             compaction: Mutex::new(()),
             observer: RwLock::new(None),
+            apply_meta: Mutex::new(Vec::new()),
             options,
         };
         store.restore()?;
@@ -270,6 +274,29 @@ impl KvStore {
     /// Registers the one observer told about every committed change.
     pub fn set_commit_observer(&self, observer: CommitObserver) {
         *self.observer.write() = Some(observer);
+    }
+
+    /// Stages `meta` key/values (column family `meta`) to be written in the same batch as the
+    /// next committed write transaction. The Raft state machine records the applied log
+    /// position this way, so data and position never disagree after a crash.
+    pub fn stage_apply_meta(&self, meta: Vec<(Vec<u8>, Vec<u8>)>) {
+        *self.apply_meta.lock() = meta;
+    }
+
+    /// Writes staged apply metadata that no transaction consumed (the command changed
+    /// nothing), in a batch of its own.
+    pub fn flush_apply_meta(&self) -> Result<()> {
+        let _writer = self.writer.lock();
+        let meta = std::mem::take(&mut *self.apply_meta.lock());
+        if meta.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        let cf = self.backend.cf(CF_META);
+        for (k, v) in meta {
+            batch.put_cf(&cf, k, v);
+        }
+        self.backend.write(batch)
     }
 
     /// Reads the keys in `range` as of `opts.rev` (etcd's `rangeKeys`).
@@ -641,6 +668,10 @@ impl WriteTxn<'_> {
             self.batch
                 .put_cf(&meta, META_CONSISTENT_INDEX, encode_i64(ci as i64));
         }
+        let staged = std::mem::take(&mut *self.store.apply_meta.lock());
+        for (k, v) in &staged {
+            self.batch.put_cf(&meta, k, v);
+        }
         drop(meta);
         if self.batch.is_empty() {
             self.done = true;
@@ -651,6 +682,8 @@ impl WriteTxn<'_> {
         }
         let batch = std::mem::take(&mut self.batch);
         if let Err(err) = self.store.backend.write(batch) {
+            // Keep the staged metadata for whoever retries or flushes.
+            *self.store.apply_meta.lock() = staged;
             self.rollback();
             return Err(err);
         }
