@@ -107,6 +107,16 @@ pub struct Config {
     )]
     pub listen_metrics_urls: Vec<String>,
 
+    /// Interval between watch progress notifications to idle watchers that asked for them
+    /// (Go-style duration: 10m, 5s, 500ms; at least 100ms).
+    #[arg(
+        long,
+        env = "KVSTORE_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_go_duration
+    )]
+    pub experimental_watch_progress_notify_interval: std::time::Duration,
+
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "KVSTORE_LOG_LEVEL", default_value = "warn")]
     pub log_level: String,
@@ -136,6 +146,12 @@ impl Config {
             self.quota_backend_bytes
         }
     }
+}
+
+/// Parses a duration as Go's `time.ParseDuration` writes the common ones (`500ms`, `5s`, `10m`).
+fn parse_go_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::server::watch::parse_duration(text)
+        .ok_or_else(|| format!("invalid duration {text:?}: want e.g. 500ms, 5s, 10m, 1h"))
 }
 
 /// Parses a URL of the form `http://host:port` (or `host:port`) into a socket address string.

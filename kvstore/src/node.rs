@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alarm::Alarms;
 use crate::apply::{Applier, LocalProposer, Proposer};
 use crate::config::{url_to_addr, Config};
-use crate::lease::Lessor;
+use crate::lease::{Lessor, LessorOptions};
 use crate::membership::Membership;
 use crate::metrics::{self, Metrics};
 use crate::mvcc::{KvStore, Limits, StoreOptions};
@@ -86,6 +86,7 @@ impl Node {
         ));
         let watch_hub = WatchHub::new(Arc::clone(&store));
         let lessor = Lessor::new(Arc::clone(&store), Arc::clone(&proposer));
+        lessor.bind(LessorOptions::from_config(membership.member_id, &config));
         Ok(Arc::new(Self {
             config,
             store,
@@ -176,7 +177,18 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
     }
 
     let mut result = Ok(());
-    while let Some(joined) = tasks.join_next().await {
+    loop {
+        let joined = tokio::select! {
+            joined = tasks.join_next() => joined,
+            // Once shutdown starts, clients get a grace period to finish; a client that
+            // never completes the HTTP/2 goodbye must not keep the member alive forever.
+            _ = grace_period_over(&node.shutdown) => {
+                tracing::warn!("connections still open after the shutdown grace period; closing them");
+                tasks.abort_all();
+                break;
+            }
+        };
+        let Some(joined) = joined else { break };
         let outcome = joined.map_err(|e| Error::Internal(format!("listener task: {e}")));
         if let Err(err) = outcome.and_then(|r| r) {
             tracing::error!(cause = %err, "listener failed; shutting down");
@@ -186,4 +198,13 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
     }
     node.lessor.checkpoint_all().await;
     result
+}
+
+/// How long in-flight requests and open streams get to finish once shutdown starts.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Completes `SHUTDOWN_GRACE` after `shutdown` is cancelled.
+async fn grace_period_over(shutdown: &CancellationToken) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
 }

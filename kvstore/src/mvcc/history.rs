@@ -87,22 +87,21 @@ impl KvStore {
             IteratorMode::From(&start, Direction::Forward),
         );
         let mut bytes = 0usize;
-        let mut scanned = 0usize;
         let mut current_main = None;
-        for item in iter {
+        for (scanned, item) in iter.enumerate() {
             let (key, value) = item?;
             let (rev, tombstone) =
                 Revision::from_key(&key).map_err(|e| Error::Corrupt(e.to_string()))?;
             if current_main != Some(rev.main) {
                 // A revision boundary: the only place a batch may stop.
-                let full = !batch.events.is_empty() && (batch.events.len() >= limit || bytes >= max_bytes);
+                let full =
+                    !batch.events.is_empty() && (batch.events.len() >= limit || bytes >= max_bytes);
                 if full || scanned >= max_scan {
                     batch.next_rev = rev.main;
                     break;
                 }
                 current_main = Some(rev.main);
             }
-            scanned += 1;
             let mut kv = KeyValue::decode(&*value).map_err(|e| Error::Corrupt(e.to_string()))?;
             if !matches(&kv.key) {
                 continue;
@@ -205,7 +204,10 @@ mod tests {
         );
         assert!(batch.is_complete(r3));
         let tomb = batch.events[2].kv.as_ref().expect("kv");
-        assert_eq!(tomb.create_revision, 0, "a delete event carries only key and mod_revision");
+        assert_eq!(
+            tomb.create_revision, 0,
+            "a delete event carries only key and mod_revision"
+        );
         assert!(tomb.value.is_empty());
     }
 
@@ -236,7 +238,11 @@ mod tests {
         assert_eq!(b1.events.len(), 1, "stops before the 5-event transaction");
         assert_eq!(b1.next_rev, txn_rev);
         let b2 = store.history(b1.next_rev, last, 1).expect("history");
-        assert_eq!(b2.events.len(), 5, "a transaction larger than the limit comes whole");
+        assert_eq!(
+            b2.events.len(),
+            5,
+            "a transaction larger than the limit comes whole"
+        );
         assert_eq!(b2.next_rev, last);
         let b3 = store.history(b2.next_rev, last, 1).expect("history");
         assert_eq!(summary(&b3.events), vec![(PUT, "y".into(), last)]);
@@ -267,7 +273,9 @@ mod tests {
         let job = store.compact(r2).expect("compact");
         store.run_compaction(job).expect("run compaction");
         assert!(matches!(store.history(r2, r3, 10), Err(Error::Compacted)));
-        let batch = store.history(r2 + 1, r3, 10).expect("history after compaction");
+        let batch = store
+            .history(r2 + 1, r3, 10)
+            .expect("history after compaction");
         assert_eq!(summary(&batch.events), vec![(PUT, "a".into(), r3)]);
     }
 
@@ -277,6 +285,10 @@ mod tests {
         let r1 = put(&store, "a", "1");
         let batch = store.history(r1 + 1, r1 + 5, 10).expect("history");
         assert!(batch.events.is_empty());
-        assert_eq!(batch.next_rev, r1 + 1, "nothing past the current revision is read");
+        assert_eq!(
+            batch.next_rev,
+            r1 + 1,
+            "nothing past the current revision is read"
+        );
     }
 }

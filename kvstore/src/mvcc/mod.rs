@@ -11,6 +11,7 @@
 //! - [`txn`]: etcd's Range/Put/DeleteRange/Txn semantics on the API's own messages.
 //! - [`validate`]: the request checks etcd makes before touching the store.
 //! - [`compaction`]: removing history in bounded batches.
+//! - [`history`]: the changes between two revisions, read back for watchers catching up.
 //! - [`hash`]: etcd's HashKV, for comparing members.
 //! - [`error`]: the store's one error type.
 

@@ -17,7 +17,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::lease::LessorOptions;
 use crate::node::Node;
 use crate::Error;
 
@@ -31,16 +30,8 @@ pub struct LeaseService {
 }
 
 impl LeaseService {
-    /// The Lease service over a node. Binds the node's lessor to the node's member ID and
-    /// configuration, so that it expires leases while this member leads.
+    /// The Lease service over a node (whose lessor `Node::open` has bound).
     pub fn new(node: Arc<Node>) -> Self {
-        // The lessor is built before the node (`Lessor::new` knows only the store and the
-        // proposer); this is the first place where both the member ID and the lessor are at
-        // hand. Binding again is harmless: a primary lessor stays primary.
-        node.lessor.bind(LessorOptions::from_config(
-            node.membership.member_id,
-            &node.config,
-        ));
         Self { node }
     }
 }

@@ -33,9 +33,6 @@ use crate::watch::{Delivery, Filters, HubStream, WatchSpec, WatcherKey};
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 /// etcd's floor for the progress-notify interval.
 pub const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
-/// Environment variable that sets the progress-notify interval (etcd's
-/// `--experimental-watch-progress-notify-interval`), e.g. `10m`, `5s`, `500ms`.
-pub const PROGRESS_INTERVAL_ENV: &str = "KVSTORE_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL";
 
 /// etcd's `grpcOverheadBytes`: a response is fragmented (when the watch asked for it) once it
 /// reaches `--max-request-bytes` plus this.
@@ -60,16 +57,10 @@ pub struct WatchService {
 }
 
 impl WatchService {
-    /// The Watch service over a node, with the progress-notify interval from
-    /// [`PROGRESS_INTERVAL_ENV`] (etcd's default of 10 minutes when unset).
+    /// The Watch service over a node, with the node's configured progress-notify interval
+    /// (`--experimental-watch-progress-notify-interval`, etcd's default of 10 minutes).
     pub fn new(node: Arc<Node>) -> Self {
-        let interval = match std::env::var(PROGRESS_INTERVAL_ENV) {
-            Ok(text) => parse_duration(&text).unwrap_or_else(|| {
-                tracing::warn!(value = %text, "invalid {PROGRESS_INTERVAL_ENV}; using the default");
-                DEFAULT_PROGRESS_INTERVAL
-            }),
-            Err(_) => DEFAULT_PROGRESS_INTERVAL,
-        };
+        let interval = node.config.experimental_watch_progress_notify_interval;
         Self::with_progress_interval(node, interval)
     }
 
@@ -473,7 +464,8 @@ fn fill_prev_kv(store: &KvStore, events: &mut [Event]) {
         let Some(kv) = event.kv.as_ref() else {
             continue;
         };
-        let created = event.r#type == EventType::Put as i32 && kv.create_revision == kv.mod_revision;
+        let created =
+            event.r#type == EventType::Put as i32 && kv.create_revision == kv.mod_revision;
         if created || kv.mod_revision <= 1 {
             continue;
         }
@@ -525,7 +517,11 @@ mod tests {
         assert!(parts.len() > 1);
         for (i, part) in parts.iter().enumerate() {
             assert_eq!(part.watch_id, 7);
-            assert_eq!(part.fragment, i + 1 < parts.len(), "all but the last are fragments");
+            assert_eq!(
+                part.fragment,
+                i + 1 < parts.len(),
+                "all but the last are fragments"
+            );
             assert!(part.encoded_len() < 1000, "each fragment fits");
         }
         let joined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();

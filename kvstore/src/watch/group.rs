@@ -13,13 +13,16 @@ use std::ops::Bound;
 use super::watcher::WatcherKey;
 use crate::mvcc::KeyRange;
 
+/// The range watchers sharing one start key: end (`None`: no upper bound) → watchers.
+type Ends = HashMap<Option<Vec<u8>>, HashSet<WatcherKey>>;
+
 /// A set of watchers indexed by key and by range.
 #[derive(Debug, Default)]
 pub struct WatcherGroup {
     /// Watchers of exactly one key.
     keys: HashMap<Vec<u8>, HashSet<WatcherKey>>,
-    /// Range watchers: start key → end (`None`: no upper bound) → watchers.
-    ranges: BTreeMap<Vec<u8>, HashMap<Option<Vec<u8>>, HashSet<WatcherKey>>>,
+    /// Range watchers by start key.
+    ranges: BTreeMap<Vec<u8>, Ends>,
     /// Number of watchers in the group.
     len: usize,
 }
@@ -126,7 +129,10 @@ impl WatcherGroup {
         }
         self.ranges
             .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
-            .any(|(_, ends)| ends.keys().any(|end| end.as_deref().is_none_or(|end| key < end)))
+            .any(|(_, ends)| {
+                ends.keys()
+                    .any(|end| end.as_deref().is_none_or(|end| key < end))
+            })
     }
 }
 
@@ -167,7 +173,11 @@ mod tests {
         );
         g.add(5, &prefix("/a/"));
         assert_eq!(g.len(), 5);
-        assert_eq!(g.distinct_ranges(), 3, "two watchers of /a/ share one range");
+        assert_eq!(
+            g.distinct_ranges(),
+            3,
+            "two watchers of /a/ share one range"
+        );
         assert_eq!(matching(&g, "/a/x"), vec![1, 2, 5]);
         assert_eq!(matching(&g, "/a/z"), vec![2, 4, 5]);
         assert_eq!(matching(&g, "/b/1"), vec![3, 4]);

@@ -93,7 +93,9 @@ async fn recv(stream: &HubStream) -> Delivery {
 async fn hub_dispatches_each_commit_to_the_watchers_of_its_keys() {
     let f = fixture(HubConfig::default());
     let stream = f.hub.open_stream();
-    let exact = stream.watch(spec(KeyRange::Single(b"/a/1".to_vec()), 0)).key;
+    let exact = stream
+        .watch(spec(KeyRange::Single(b"/a/1".to_vec()), 0))
+        .key;
     let pre = stream.watch(spec(prefix("/a/"), 0)).key;
     let other = stream.watch(spec(prefix("/b/"), 0)).key;
     assert_eq!(f.hub.counts(), (3, 0, 0));
@@ -216,7 +218,11 @@ async fn a_slow_stream_is_set_aside_and_caught_up_from_history() {
         Some(WatcherState::Victim),
         "a full queue sets the watcher aside"
     );
-    assert_eq!(stream.queue.len(), 2, "the queue never grows past its bound");
+    assert_eq!(
+        stream.queue.len(),
+        2,
+        "the queue never grows past its bound"
+    );
 
     let mut revs = Vec::new();
     while revs.len() < written.len() {
@@ -259,7 +265,9 @@ async fn a_watch_below_the_compacted_revision_is_cancelled() {
         other => panic!("expected a compaction cancel, got {other:?}"),
     }
     assert_eq!(f.hub.watcher_state(w), None, "the watcher is removed");
-    let ok = stream.watch(spec(KeyRange::Single(b"/a".to_vec()), r2 + 1)).key;
+    let ok = stream
+        .watch(spec(KeyRange::Single(b"/a".to_vec()), r2 + 1))
+        .key;
     let d = recv(&stream).await;
     assert_eq!(events_of(&d), vec![(ok, "/a".to_string(), r2 + 1)]);
 }
@@ -283,7 +291,11 @@ async fn progress_for_the_whole_stream_waits_until_every_watcher_is_synced() {
             d => seen.extend(events_of(&d).into_iter().map(|(_, _, rev)| rev)),
         }
     }
-    assert_eq!(seen, vec![first, last], "progress comes after the replayed events");
+    assert_eq!(
+        seen,
+        vec![first, last],
+        "progress comes after the replayed events"
+    );
 }
 
 #[tokio::test]
@@ -301,4 +313,37 @@ async fn closing_a_stream_frees_its_watchers() {
     // Commits with no watchers left are cheap no-ops.
     let r = put(&f.store, "/a/x", "v");
     assert_eq!(f.hub.revision(), r);
+}
+
+#[tokio::test]
+async fn a_victim_that_falls_behind_a_compaction_is_cancelled() {
+    let f = fixture(HubConfig {
+        queue: QueueLimits {
+            messages: 1,
+            bytes: 1 << 20,
+        },
+        ..HubConfig::default()
+    });
+    let stream = f.hub.open_stream();
+    let w = stream.watch(spec(prefix("/v/"), 0)).key;
+    let r1 = put(&f.store, "/v/1", "v");
+    put(&f.store, "/v/2", "v");
+    let r3 = put(&f.store, "/v/3", "v");
+    assert_eq!(f.hub.watcher_state(w), Some(WatcherState::Victim));
+    let job = f.store.compact(r3).expect("compact");
+    f.store.run_compaction(job).expect("run compaction");
+
+    assert_eq!(
+        events_of(&recv(&stream).await),
+        vec![(w, "/v/1".to_string(), r1)]
+    );
+    match recv(&stream).await {
+        Delivery::Compacted {
+            watcher,
+            compact_rev,
+            ..
+        } => assert_eq!((watcher, compact_rev), (w, r3)),
+        other => panic!("expected a compaction cancel, got {other:?}"),
+    }
+    assert_eq!(f.hub.watcher_state(w), None);
 }

@@ -239,7 +239,10 @@ mod tests {
         q.try_pop();
         assert!(!*hub.flag.lock(), "not drained to half yet");
         q.try_pop();
-        assert!(*hub.flag.lock(), "drained to half after a refusal: hub woken");
+        assert!(
+            *hub.flag.lock(),
+            "drained to half after a refusal: hub woken"
+        );
         assert!(q.has_room());
     }
 
@@ -253,7 +256,10 @@ mod tests {
             },
             hub,
         );
-        assert!(q.try_push(events(4, 1000)).is_ok(), "empty queue accepts anything");
+        assert!(
+            q.try_push(events(4, 1000)).is_ok(),
+            "empty queue accepts anything"
+        );
         assert!(q.try_push(events(1, 10)).is_err(), "byte bound");
         assert!(q.try_pop().is_some());
         assert!(q.is_empty());

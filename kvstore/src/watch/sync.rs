@@ -174,7 +174,9 @@ impl WatchHub {
                 // Cancelled while the batch was read.
                 continue;
             };
-            if w.state == WatcherState::Synced || w.next_rev != picked_from || next_rev <= w.next_rev
+            if w.state == WatcherState::Synced
+                || w.next_rev != picked_from
+                || next_rev <= w.next_rev
             {
                 // Only this thread moves a waiting watcher; a batch that ended before its
                 // next revision has nothing for it yet.

@@ -79,7 +79,9 @@ impl Watcher {
         let Some(kv) = event.kv.as_ref() else {
             return false;
         };
-        kv.mod_revision >= self.next_rev && self.range.contains(&kv.key) && self.filters.keeps(event)
+        kv.mod_revision >= self.next_rev
+            && self.range.contains(&kv.key)
+            && self.filters.keeps(event)
     }
 }
 

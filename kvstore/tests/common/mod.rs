@@ -80,13 +80,19 @@ impl Server {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("kvstore exited with {status} before listening:\n{}", self.log());
+                panic!(
+                    "kvstore exited with {status} before listening:\n{}",
+                    self.log()
+                );
             }
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("kvstore did not listen within {START_TIMEOUT:?}:\n{}", self.log());
+                panic!(
+                    "kvstore did not listen within {START_TIMEOUT:?}:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
