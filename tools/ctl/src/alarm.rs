@@ -11,6 +11,7 @@ use crate::output::emit;
 /// `alarm` and its subcommands.
 #[derive(Args, Debug)]
 pub struct AlarmArgs {
+    /// Which subcommand to run.
     #[command(subcommand)]
     command: AlarmCommand,
 }
@@ -19,11 +20,13 @@ pub struct AlarmArgs {
 enum AlarmCommand {
     /// Lists all alarms
     List {
+        /// Extra arguments, which etcdctl ignores (or rejects, where it does).
         #[arg(hide = true)]
         extra: Vec<String>,
     },
     /// Disarms all alarms
     Disarm {
+        /// Extra arguments, which etcdctl ignores (or rejects, where it does).
         #[arg(hide = true)]
         extra: Vec<String>,
     },
@@ -34,20 +37,28 @@ pub async fn run(ctx: &Context, args: AlarmArgs) -> Result<()> {
     match args.command {
         AlarmCommand::List { extra } => {
             if !extra.is_empty() {
-                return Err(Error::BadArgs("alarm list command accepts no arguments".into()));
+                return Err(Error::BadArgs(
+                    "alarm list command accepts no arguments".into(),
+                ));
             }
             let (client, printer) = ctx.connect().await?;
-            let resp = client.unary(client.maintenance().alarm(list_request())).await?;
+            let resp = client
+                .unary(client.maintenance().alarm(list_request()))
+                .await?;
             emit(&printer.alarm(&resp)?)
         }
         AlarmCommand::Disarm { extra } => {
             if !extra.is_empty() {
-                return Err(Error::BadArgs("alarm disarm command accepts no arguments".into()));
+                return Err(Error::BadArgs(
+                    "alarm disarm command accepts no arguments".into(),
+                ));
             }
             let (client, printer) = ctx.connect().await?;
             // Like clientv3's AlarmDisarm for "all alarms": list them, deactivate each, and
             // answer with the alarms deactivated (and no header).
-            let active = client.unary(client.maintenance().alarm(list_request())).await?;
+            let active = client
+                .unary(client.maintenance().alarm(list_request()))
+                .await?;
             let mut disarmed = AlarmResponse::default();
             for a in active.alarms {
                 let req = AlarmRequest {
@@ -64,5 +75,9 @@ pub async fn run(ctx: &Context, args: AlarmArgs) -> Result<()> {
 }
 
 fn list_request() -> AlarmRequest {
-    AlarmRequest { action: AlarmAction::Get as i32, member_id: 0, alarm: 0 }
+    AlarmRequest {
+        action: AlarmAction::Get as i32,
+        member_id: 0,
+        alarm: 0,
+    }
 }

@@ -30,6 +30,7 @@ pub struct Cli {
 
 /// Flags every command accepts.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// gRPC endpoints, comma-separated: host:port or http://host:port
     /// [default: 127.0.0.1:2379] [env: KVCTL_ENDPOINTS, ETCDCTL_ENDPOINTS]
@@ -97,7 +98,10 @@ fn duration_flag(value: Option<String>, flag: &str, default: Duration) -> Result
     match value {
         None => Ok(default),
         Some(v) => crate::go::parse_duration(&v).map_err(|e| {
-            Error::Request(format!("invalid argument {} for \"--{flag}\" flag: {e}", crate::go::quote(v.as_bytes())))
+            Error::Request(format!(
+                "invalid argument {} for \"--{flag}\" flag: {e}",
+                crate::go::quote(v.as_bytes())
+            ))
         }),
     }
 }
@@ -137,10 +141,14 @@ impl Context {
         )?;
         let write_out = flag_or_env(global.write_out.as_deref(), "WRITE_OUT", env)
             .unwrap_or_else(|| "simple".into());
-        let hex = global.hex
-            || flag_or_env(None, "HEX", env).is_some_and(|v| v == "true" || v == "1");
+        let hex =
+            global.hex || flag_or_env(None, "HEX", env).is_some_and(|v| v == "true" || v == "1");
         Ok(Self {
-            settings: Settings { endpoints, dial_timeout, command_timeout },
+            settings: Settings {
+                endpoints,
+                dial_timeout,
+                command_timeout,
+            },
             write_out,
             hex,
         })
@@ -205,22 +213,40 @@ mod tests {
         let ctx = Context::new(&GlobalArgs::default(), &env).unwrap();
         assert_eq!(ctx.settings.endpoints, vec!["a:1".to_string()]);
         assert_eq!(ctx.settings.command_timeout, Duration::from_secs(1));
-        let flags = GlobalArgs { endpoints: Some("c:3,http://d:4".into()), ..Default::default() };
+        let flags = GlobalArgs {
+            endpoints: Some("c:3,http://d:4".into()),
+            ..Default::default()
+        };
         let ctx = Context::new(&flags, &env).unwrap();
-        assert_eq!(ctx.settings.endpoints, vec!["c:3".to_string(), "http://d:4".to_string()]);
+        assert_eq!(
+            ctx.settings.endpoints,
+            vec!["c:3".to_string(), "http://d:4".to_string()]
+        );
     }
 
     #[test]
     fn bad_duration_and_format_fail_like_etcdctl() {
-        let flags = GlobalArgs { dial_timeout: Some("abc".into()), ..Default::default() };
+        let flags = GlobalArgs {
+            dial_timeout: Some("abc".into()),
+            ..Default::default()
+        };
         let err = Context::new(&flags, &no_env).unwrap_err();
         assert_eq!(
             err.to_string(),
             "invalid argument \"abc\" for \"--dial-timeout\" flag: time: invalid duration \"abc\""
         );
-        let flags = GlobalArgs { write_out: Some("yaml".into()), ..Default::default() };
-        let err = Context::new(&flags, &no_env).unwrap().printer().unwrap_err();
-        assert_eq!((err.exit_code(), err.to_string()), (4, "unsupported output format".into()));
+        let flags = GlobalArgs {
+            write_out: Some("yaml".into()),
+            ..Default::default()
+        };
+        let err = Context::new(&flags, &no_env)
+            .unwrap()
+            .printer()
+            .unwrap_err();
+        assert_eq!(
+            (err.exit_code(), err.to_string()),
+            (4, "unsupported output format".into())
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ use crate::error::RpcError;
 /// What etcdctl reports when a request or a connection runs out of time.
 pub const DEADLINE_EXCEEDED: &str = "context deadline exceeded";
 
+/// How long to wait between connection attempts in [`Client::connect_until`].
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+
 /// Where and how patiently to connect: the resolved global flags.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -35,7 +38,9 @@ pub struct Settings {
 /// A connection to one member, and the timeout for requests on it.
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// The connection; cheap to clone into each service's client.
     channel: Channel,
+    /// How long each unary request may take.
     command_timeout: Duration,
 }
 
@@ -73,7 +78,32 @@ impl Client {
             .await
             .map_err(|_| deadline.clone())?
             .map_err(|_| deadline)?;
-        Ok(Self { channel, command_timeout: settings.command_timeout })
+        Ok(Self {
+            channel,
+            command_timeout: settings.command_timeout,
+        })
+    }
+
+    /// Connects to `endpoint`, trying again until `deadline`, as a gRPC channel keeps
+    /// reconnecting while a request waits: a member that is down costs the whole timeout,
+    /// as it does with etcdctl (used where that timing shapes the output).
+    pub async fn connect_until(
+        endpoint: &str,
+        settings: &Settings,
+        deadline: tokio::time::Instant,
+    ) -> Result<Self, RpcError> {
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = Settings {
+                dial_timeout: settings.dial_timeout.min(left),
+                ..settings.clone()
+            };
+            match Self::connect_one(endpoint, &attempt).await {
+                Ok(client) => return Ok(client),
+                Err(e) if tokio::time::Instant::now() + RETRY_DELAY >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(RETRY_DELAY).await,
+            }
+        }
     }
 
     /// The KV service.
@@ -121,7 +151,10 @@ pub fn rpc_error(status: &Status) -> RpcError {
     if message.starts_with("etcdserver: ") {
         return RpcError(message.to_string());
     }
-    RpcError(format!("rpc error: code = {} desc = {message}", code_name(status.code())))
+    RpcError(format!(
+        "rpc error: code = {} desc = {message}",
+        code_name(status.code())
+    ))
 }
 
 /// Go gRPC's name for a status code.
@@ -160,8 +193,14 @@ mod tests {
     #[test]
     fn etcd_errors_print_their_own_text() {
         let s = Status::out_of_range("etcdserver: mvcc: required revision has been compacted");
-        assert_eq!(rpc_error(&s).0, "etcdserver: mvcc: required revision has been compacted");
+        assert_eq!(
+            rpc_error(&s).0,
+            "etcdserver: mvcc: required revision has been compacted"
+        );
         let other = Status::unavailable("connection reset");
-        assert_eq!(rpc_error(&other).0, "rpc error: code = Unavailable desc = connection reset");
+        assert_eq!(
+            rpc_error(&other).0,
+            "rpc error: code = Unavailable desc = connection reset"
+        );
     }
 }

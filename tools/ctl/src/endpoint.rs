@@ -18,6 +18,7 @@ pub struct EndpointArgs {
     /// Use all endpoints from the cluster member list.
     #[arg(long, global = true)]
     cluster: bool,
+    /// Which subcommand to run.
     #[command(subcommand)]
     command: EndpointCommand,
 }
@@ -26,12 +27,14 @@ pub struct EndpointArgs {
 enum EndpointCommand {
     /// Checks the healthiness of the endpoints: a linearizable read must succeed
     Health {
+        /// Extra arguments, which etcdctl ignores (or rejects, where it does).
         #[arg(hide = true)]
         extra: Vec<String>,
     },
     /// Prints the status of the endpoints: endpoint, ID, version, db size, is leader,
     /// is learner, raft term, raft index, raft applied index, errors
     Status {
+        /// Extra arguments, which etcdctl ignores (or rejects, where it does).
         #[arg(hide = true)]
         extra: Vec<String>,
     },
@@ -43,14 +46,23 @@ pub async fn endpoints_from_cluster(ctx: &Context, cluster: bool) -> Result<Vec<
     if !cluster {
         return Ok(ctx.settings.endpoints.clone());
     }
-    let failed =
-        |e| Error::Request(format!("failed to fetch endpoints from etcd cluster member list: {e}"));
+    let failed = |e| {
+        Error::Request(format!(
+            "failed to fetch endpoints from etcd cluster member list: {e}"
+        ))
+    };
     let client = Client::connect(&ctx.settings).await.map_err(failed)?;
     let members = client
-        .unary(client.cluster().member_list(MemberListRequest { linearizable: false }))
+        .unary(client.cluster().member_list(MemberListRequest {
+            linearizable: false,
+        }))
         .await
         .map_err(failed)?;
-    Ok(members.members.into_iter().flat_map(|m| m.client_ur_ls).collect())
+    Ok(members
+        .members
+        .into_iter()
+        .flat_map(|m| m.client_ur_ls)
+        .collect())
 }
 
 /// `endpoint ...`.
@@ -68,7 +80,9 @@ async fn status(ctx: &Context, cluster: bool) -> Result<()> {
     for endpoint in endpoints_from_cluster(ctx, cluster).await? {
         let resp = async {
             let client = Client::connect_one(&endpoint, &ctx.settings).await?;
-            client.unary(client.maintenance().status(StatusRequest {})).await
+            client
+                .unary(client.maintenance().status(StatusRequest {}))
+                .await
         }
         .await;
         match resp {
@@ -90,19 +104,36 @@ async fn status(ctx: &Context, cluster: bool) -> Result<()> {
 /// healthy, since the read went through consensus to be refused.
 async fn check(endpoint: String, settings: &Settings) -> EpHealth {
     let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + settings.command_timeout;
     let result = async {
-        let client = Client::connect_one(&endpoint, settings).await?;
-        let req = RangeRequest { key: b"health".to_vec(), ..Default::default() };
+        let client = Client::connect_until(&endpoint, settings, deadline).await?;
+        let req = RangeRequest {
+            key: b"health".to_vec(),
+            ..Default::default()
+        };
         client.unary(client.kv().range(req)).await
     }
     .await;
     let took = crate::go::duration(start.elapsed());
     match result {
-        Ok(_) => EpHealth { endpoint, health: true, took, error: String::new() },
-        Err(e) if e.0 == "etcdserver: permission denied" => {
-            EpHealth { endpoint, health: true, took, error: String::new() }
-        }
-        Err(e) => EpHealth { endpoint, health: false, took, error: e.0 },
+        Ok(_) => EpHealth {
+            endpoint,
+            health: true,
+            took,
+            error: String::new(),
+        },
+        Err(e) if e.0 == "etcdserver: permission denied" => EpHealth {
+            endpoint,
+            health: true,
+            took,
+            error: String::new(),
+        },
+        Err(e) => EpHealth {
+            endpoint,
+            health: false,
+            took,
+            error: e.0,
+        },
     }
 }
 
@@ -110,8 +141,10 @@ async fn health(ctx: &Context, cluster: bool) -> Result<()> {
     let printer = ctx.printer()?;
     let endpoints = endpoints_from_cluster(ctx, cluster).await?;
     // All endpoints at once; results in the order they complete, as etcdctl's.
-    let mut checks: FuturesUnordered<_> =
-        endpoints.into_iter().map(|ep| check(ep, &ctx.settings)).collect();
+    let mut checks: FuturesUnordered<_> = endpoints
+        .into_iter()
+        .map(|ep| check(ep, &ctx.settings))
+        .collect();
     let mut list = Vec::new();
     while let Some(h) = checks.next().await {
         list.push(h);

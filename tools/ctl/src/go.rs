@@ -164,7 +164,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            "" => return Err(format!("time: missing unit in duration {}", quote(s.as_bytes()))),
+            "" => {
+                return Err(format!(
+                    "time: missing unit in duration {}",
+                    quote(s.as_bytes())
+                ))
+            }
             other => {
                 return Err(format!(
                     "time: unknown unit {} in duration {}",
@@ -345,7 +350,10 @@ mod tests {
         assert_eq!(duration(Duration::from_nanos(1_500)), "1.5µs");
         assert_eq!(duration(Duration::from_nanos(1_904_781)), "1.904781ms");
         assert_eq!(duration(Duration::from_millis(2)), "2ms");
-        assert_eq!(duration(Duration::from_nanos(5_001_077_291)), "5.001077291s");
+        assert_eq!(
+            duration(Duration::from_nanos(5_001_077_291)),
+            "5.001077291s"
+        );
         assert_eq!(duration(Duration::from_secs(90)), "1m30s");
         assert_eq!(duration(Duration::from_secs(3600)), "1h0m0s");
         assert_eq!(duration(Duration::from_millis(3_723_500)), "1h2m3.5s");
@@ -358,8 +366,14 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("abc"), Err(r#"time: invalid duration "abc""#.into()));
-        assert_eq!(parse_duration("5"), Err(r#"time: missing unit in duration "5""#.into()));
+        assert_eq!(
+            parse_duration("abc"),
+            Err(r#"time: invalid duration "abc""#.into())
+        );
+        assert_eq!(
+            parse_duration("5"),
+            Err(r#"time: missing unit in duration "5""#.into())
+        );
         assert_eq!(
             parse_duration("5x"),
             Err(r#"time: unknown unit "x" in duration "5x""#.into())
@@ -392,7 +406,10 @@ mod tests {
     #[test]
     fn unquote_decodes_go_escapes() {
         assert_eq!(unquote(r#""a\tb""#), Ok(b"a\tb".to_vec()));
-        assert_eq!(unquote(r#""a\x41\u00e9\101""#), Ok("aAéA".as_bytes().to_vec()));
+        assert_eq!(
+            unquote(r#""a\x41\u00e9\101""#),
+            Ok("aAéA".as_bytes().to_vec())
+        );
         assert_eq!(unquote(r#""\xff""#), Ok(vec![0xff]));
         assert_eq!(unquote("`raw\\n`"), Ok(b"raw\\n".to_vec()));
         assert!(unquote(r#""a\q""#).is_err());

@@ -65,7 +65,7 @@ pub struct GetArgs {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub limit: i64,
     /// Order of results: ASCEND or DESCEND (ascending by default).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub order: String,
     /// Get keys with matching prefix.
     #[arg(long)]
@@ -77,7 +77,7 @@ pub struct GetArgs {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub rev: i64,
     /// Sort target: CREATE, KEY, MODIFY, VALUE or VERSION.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub sort_by: String,
 }
 
@@ -234,7 +234,12 @@ pub fn range_request(args: &GetArgs) -> Result<RangeRequest> {
         "MODIFY" => SortTarget::Mod,
         "VALUE" => SortTarget::Value,
         "VERSION" => SortTarget::Version,
-        _ => return Err(Error::BadFeature(format!("bad sort target {}", args.sort_by))),
+        _ => {
+            return Err(Error::BadFeature(format!(
+                "bad sort target {}",
+                args.sort_by
+            )))
+        }
     };
     // Keys come back in ascending key order anyway; asking for it would make the server
     // fetch the whole range to sort it (clientv3's WithSort does the same).
@@ -277,7 +282,11 @@ pub fn delete_request(args: &DelArgs) -> Result<DeleteRangeRequest> {
         range_end = bytes(end);
     }
     apply_range_flags(&mut key, &mut range_end, args.prefix, args.from_key);
-    Ok(DeleteRangeRequest { key, range_end, prev_kv: args.prev_kv })
+    Ok(DeleteRangeRequest {
+        key,
+        range_end,
+        prev_kv: args.prev_kv,
+    })
 }
 
 fn too_many_range_args() -> Error {
@@ -301,7 +310,9 @@ pub async fn get(ctx: &Context, args: GetArgs) -> Result<()> {
     let (client, mut printer) = ctx.connect().await?;
     let resp = client.unary(client.kv().range(req)).await?;
     if args.count_only && printer.format() != Format::Fields {
-        return Err(Error::BadArgs("--count-only is only for `--write-out=fields`".into()));
+        return Err(Error::BadArgs(
+            "--count-only is only for `--write-out=fields`".into(),
+        ));
     }
     if args.print_value_only {
         if printer.format() != Format::Simple {
@@ -347,16 +358,32 @@ mod tests {
 
     #[test]
     fn get_prefix_and_from_key_set_range_end() {
-        let r = range_request(&GetArgs { args: os(&["p/"]), prefix: true, ..Default::default() })
-            .unwrap();
+        let r = range_request(&GetArgs {
+            args: os(&["p/"]),
+            prefix: true,
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!((r.key, r.range_end), (b"p/".to_vec(), b"p0".to_vec()));
-        let r = range_request(&GetArgs { args: os(&[""]), prefix: true, ..Default::default() })
-            .unwrap();
+        let r = range_request(&GetArgs {
+            args: os(&[""]),
+            prefix: true,
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!((r.key, r.range_end), (vec![0], vec![0]));
-        let r = range_request(&GetArgs { args: os(&["b"]), from_key: true, ..Default::default() })
-            .unwrap();
+        let r = range_request(&GetArgs {
+            args: os(&["b"]),
+            from_key: true,
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!((r.key, r.range_end), (b"b".to_vec(), vec![0]));
-        let r = range_request(&GetArgs { args: os(&["a", "c"]), ..Default::default() }).unwrap();
+        let r = range_request(&GetArgs {
+            args: os(&["a", "c"]),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!((r.key, r.range_end), (b"a".to_vec(), b"c".to_vec()));
     }
 
@@ -398,24 +425,50 @@ mod tests {
 
     #[test]
     fn get_rejects_bad_arguments_with_etcdctl_messages_and_codes() {
-        let base = GetArgs { consistency: "l".into(), ..Default::default() };
+        let base = GetArgs {
+            consistency: "l".into(),
+            ..Default::default()
+        };
         let err = range_request(&base).unwrap_err();
         assert_eq!(err.exit_code(), 128);
         assert_eq!(
             err.to_string(),
             "get command needs one argument as key and an optional argument as range_end"
         );
-        let err = range_request(&GetArgs { args: os(&["k"]), sort_by: "FOO".into(), ..base.clone() })
-            .unwrap_err();
-        assert_eq!((err.exit_code(), err.to_string()), (4, "bad sort target FOO".into()));
-        let err = range_request(&GetArgs { args: os(&["k"]), consistency: "q".into(), ..base.clone() })
-            .unwrap_err();
-        assert_eq!((err.exit_code(), err.to_string()), (4, "unknown consistency flag \"q\"".into()));
-        let err = range_request(&GetArgs { args: os(&["a", "b"]), prefix: true, ..base.clone() })
-            .unwrap_err();
+        let err = range_request(&GetArgs {
+            args: os(&["k"]),
+            sort_by: "FOO".into(),
+            ..base.clone()
+        })
+        .unwrap_err();
+        assert_eq!(
+            (err.exit_code(), err.to_string()),
+            (4, "bad sort target FOO".into())
+        );
+        let err = range_request(&GetArgs {
+            args: os(&["k"]),
+            consistency: "q".into(),
+            ..base.clone()
+        })
+        .unwrap_err();
+        assert_eq!(
+            (err.exit_code(), err.to_string()),
+            (4, "unknown consistency flag \"q\"".into())
+        );
+        let err = range_request(&GetArgs {
+            args: os(&["a", "b"]),
+            prefix: true,
+            ..base.clone()
+        })
+        .unwrap_err();
         assert_eq!(err.exit_code(), 128);
-        let err = range_request(&GetArgs { args: os(&["a"]), prefix: true, from_key: true, ..base })
-            .unwrap_err();
+        let err = range_request(&GetArgs {
+            args: os(&["a"]),
+            prefix: true,
+            from_key: true,
+            ..base
+        })
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "`--prefix` and `--from-key` cannot be set at the same time, choose one"
@@ -423,12 +476,46 @@ mod tests {
     }
 
     #[test]
+    fn count_only_asks_for_the_count_and_excludes_keys_only() {
+        let r = range_request(&GetArgs {
+            args: os(&["p/"]),
+            prefix: true,
+            count_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(r.count_only && !r.keys_only);
+        let err = range_request(&GetArgs {
+            args: os(&["p/"]),
+            keys_only: true,
+            count_only: true,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            (err.exit_code(), err.to_string()),
+            (
+                128,
+                "`--keys-only` and `--count-only` cannot be set at the same time, choose one"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
     fn put_reads_value_from_stdin_when_missing() {
-        let args = PutArgs { args: os(&["k"]), lease: "0".into(), ..Default::default() };
+        let args = PutArgs {
+            args: os(&["k"]),
+            lease: "0".into(),
+            ..Default::default()
+        };
         let r = put_request(&args, &mut &b"from stdin\n"[..]).unwrap();
         assert_eq!((r.key, r.value), (b"k".to_vec(), b"from stdin\n".to_vec()));
         let err = put_request(&args, &mut &b""[..]).unwrap_err();
-        assert_eq!((err.exit_code(), err.to_string()), (128, PUT_USAGE.to_string()));
+        assert_eq!(
+            (err.exit_code(), err.to_string()),
+            (128, PUT_USAGE.to_string())
+        );
     }
 
     #[test]
@@ -443,12 +530,21 @@ mod tests {
         let r = put_request(&args, &mut &b""[..]).unwrap();
         assert_eq!(r.lease, 0x694d5765fc71500b);
         assert!(r.prev_kv && r.ignore_lease && !r.ignore_value);
-        let bad = PutArgs { args: os(&["k", "v"]), lease: "zz".into(), ..Default::default() };
+        let bad = PutArgs {
+            args: os(&["k", "v"]),
+            lease: "zz".into(),
+            ..Default::default()
+        };
         assert_eq!(
             put_request(&bad, &mut &b""[..]).unwrap_err().to_string(),
             "bad lease ID (strconv.ParseInt: parsing \"zz\": invalid syntax), expecting ID in Hex"
         );
-        let ignore = PutArgs { args: os(&["k", "v"]), lease: "0".into(), ignore_value: true, ..Default::default() };
+        let ignore = PutArgs {
+            args: os(&["k", "v"]),
+            lease: "0".into(),
+            ignore_value: true,
+            ..Default::default()
+        };
         assert_eq!(
             put_request(&ignore, &mut &b""[..]).unwrap_err().to_string(),
             "put command needs only 1 argument when 'ignore-value' is set"
@@ -457,10 +553,22 @@ mod tests {
 
     #[test]
     fn del_builds_prefix_and_prev_kv() {
-        let r = delete_request(&DelArgs { args: os(&["p/"]), prefix: true, prev_kv: true, ..Default::default() })
-            .unwrap();
-        assert_eq!((r.key, r.range_end, r.prev_kv), (b"p/".to_vec(), b"p0".to_vec(), true));
-        let err = delete_request(&DelArgs { args: os(&["a", "b", "c"]), ..Default::default() }).unwrap_err();
+        let r = delete_request(&DelArgs {
+            args: os(&["p/"]),
+            prefix: true,
+            prev_kv: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (r.key, r.range_end, r.prev_kv),
+            (b"p/".to_vec(), b"p0".to_vec(), true)
+        );
+        let err = delete_request(&DelArgs {
+            args: os(&["a", "b", "c"]),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert_eq!(err.exit_code(), 128);
     }
 }

@@ -21,6 +21,7 @@ use crate::output::{emit, notices, Format, Printer};
 /// `lease` and its subcommands.
 #[derive(Args, Debug)]
 pub struct LeaseArgs {
+    /// Which subcommand to run.
     #[command(subcommand)]
     command: LeaseCommand,
 }
@@ -50,6 +51,7 @@ enum LeaseCommand {
     },
     /// Lists all active leases
     List {
+        /// Extra arguments, which etcdctl ignores (or rejects, where it does).
         #[arg(hide = true)]
         extra: Vec<String>,
     },
@@ -82,7 +84,8 @@ pub async fn run(ctx: &Context, args: LeaseArgs) -> Result<()> {
     match args.command {
         LeaseCommand::Grant { args } => {
             let ttl = one_arg(&args, "lease grant command needs TTL argument")?;
-            let ttl = go::parse_int(&ttl, 10).map_err(|e| Error::BadArgs(format!("bad TTL ({e})")))?;
+            let ttl =
+                go::parse_int(&ttl, 10).map_err(|e| Error::BadArgs(format!("bad TTL ({e})")))?;
             let (client, printer) = ctx.connect().await?;
             let resp = client
                 .unary(client.lease().lease_grant(LeaseGrantRequest { ttl, id: 0 }))
@@ -132,7 +135,10 @@ pub async fn run(ctx: &Context, args: LeaseArgs) -> Result<()> {
 async fn keep_alive(client: &Client, printer: &Printer, id: i64, once: bool) -> Result<()> {
     let (tx, rx) = mpsc::channel(1);
     let _ = tx.send(LeaseKeepAliveRequest { id }).await;
-    let stream = client.lease().lease_keep_alive(ReceiverStream::new(rx)).await;
+    let stream = client
+        .lease()
+        .lease_keep_alive(ReceiverStream::new(rx))
+        .await;
     let mut stream = match stream {
         Ok(s) => s.into_inner(),
         Err(status) => return Err(rpc_error(&status).connection()),
@@ -146,7 +152,9 @@ async fn keep_alive(client: &Client, printer: &Printer, id: i64, once: bool) -> 
         };
         if resp.ttl <= 0 {
             if once {
-                return Err(Error::Connection("etcdserver: requested lease not found".into()));
+                return Err(Error::Connection(
+                    "etcdserver: requested lease not found".into(),
+                ));
             }
             break;
         }
@@ -172,7 +180,10 @@ mod tests {
 
     #[test]
     fn lease_ids_are_hex() {
-        assert_eq!(lease_from_arg("694d5765fc71500b").unwrap(), 0x694d5765fc71500b);
+        assert_eq!(
+            lease_from_arg("694d5765fc71500b").unwrap(),
+            0x694d5765fc71500b
+        );
         let err = lease_from_arg("zz").unwrap_err();
         assert_eq!(err.exit_code(), 128);
         assert_eq!(

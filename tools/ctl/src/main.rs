@@ -68,6 +68,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, ctx: &Context) -> Result<(), Error> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(cli::run(cli, ctx))
 }

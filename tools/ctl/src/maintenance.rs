@@ -30,6 +30,7 @@ pub struct DefragArgs {
     /// Defragment every member of the cluster (from the member list), not only `--endpoints`.
     #[arg(long)]
     pub cluster: bool,
+    /// Extra arguments, which etcdctl ignores.
     #[arg(hide = true)]
     pub extra: Vec<String>,
 }
@@ -41,7 +42,10 @@ pub async fn compaction(ctx: &Context, args: CompactionArgs) -> Result<()> {
     };
     let revision = go::parse_int(rev, 10).map_err(Error::Request)?;
     let (client, _) = ctx.connect().await?;
-    let req = CompactionRequest { revision, physical: args.physical };
+    let req = CompactionRequest {
+        revision,
+        physical: args.physical,
+    };
     client.unary(client.kv().compact(req)).await?;
     emit(&notices::compacted(revision))
 }
@@ -54,7 +58,9 @@ pub async fn defrag(ctx: &Context, args: DefragArgs) -> Result<()> {
     for endpoint in endpoints_from_cluster(ctx, args.cluster).await? {
         let result = async {
             let client = Client::connect_one(&endpoint, &ctx.settings).await?;
-            client.unary(client.maintenance().defragment(DefragmentRequest {})).await
+            client
+                .unary(client.maintenance().defragment(DefragmentRequest {}))
+                .await
         }
         .await;
         match result {

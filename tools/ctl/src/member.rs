@@ -17,6 +17,7 @@ use crate::output::{emit, notices, Format};
 /// `member` and its subcommands.
 #[derive(Args, Debug)]
 pub struct MemberArgs {
+    /// Which subcommand to run.
     #[command(subcommand)]
     command: MemberCommand,
 }
@@ -25,6 +26,7 @@ pub struct MemberArgs {
 enum MemberCommand {
     /// Lists all members in the cluster: ID, status, name, peer addrs, client addrs, is learner
     List {
+        /// Extra arguments, which etcdctl ignores (or rejects, where it does).
         #[arg(hide = true)]
         extra: Vec<String>,
     },
@@ -34,7 +36,7 @@ enum MemberCommand {
         #[arg(value_name = "NAME")]
         args: Vec<String>,
         /// Comma-separated peer URLs for the new member.
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", hide_default_value = true)]
         peer_urls: String,
         /// Add the member as a non-voting learner.
         #[arg(long)]
@@ -52,7 +54,7 @@ enum MemberCommand {
         #[arg(value_name = "MEMBER_ID")]
         args: Vec<String>,
         /// Comma-separated peer URLs for the updated member.
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", hide_default_value = true)]
         peer_urls: String,
     },
     /// Promotes a non-voting learner member to a voting one
@@ -83,7 +85,8 @@ pub fn check_peer_urls(urls: &[String]) -> Result<()> {
         let scheme_end = url.find(':').filter(|&i| {
             let s = &url[..i];
             s.starts_with(|c: char| c.is_ascii_alphabetic())
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
         });
         let scheme = scheme_end.map_or("", |i| &url[..i]).to_ascii_lowercase();
         if !matches!(scheme.as_str(), "http" | "https" | "unix" | "unixs") {
@@ -107,7 +110,9 @@ pub fn check_peer_urls(urls: &[String]) -> Result<()> {
             )));
         }
         if !path.is_empty() {
-            return Err(Error::Request(format!("URL must not contain a path: {url}")));
+            return Err(Error::Request(format!(
+                "URL must not contain a path: {url}"
+            )));
         }
     }
     Ok(())
@@ -130,18 +135,23 @@ pub async fn run(ctx: &Context, args: MemberArgs) -> Result<()> {
         MemberCommand::List { .. } => {
             let (client, printer) = ctx.connect().await?;
             let resp = client
-                .unary(client.cluster().member_list(MemberListRequest { linearizable: false }))
+                .unary(client.cluster().member_list(MemberListRequest {
+                    linearizable: false,
+                }))
                 .await?;
             emit(&printer.member_list(&resp)?)
         }
-        MemberCommand::Add { args, peer_urls, learner } => {
-            add(ctx, args, peer_urls, learner).await
-        }
+        MemberCommand::Add {
+            args,
+            peer_urls,
+            learner,
+        } => add(ctx, args, peer_urls, learner).await,
         MemberCommand::Remove { args } => {
             let id = member_id(&args)?;
             let (client, printer) = ctx.connect().await?;
-            let resp =
-                client.unary(client.cluster().member_remove(MemberRemoveRequest { id })).await?;
+            let resp = client
+                .unary(client.cluster().member_remove(MemberRemoveRequest { id }))
+                .await?;
             emit(&printer.member_remove(id, &resp)?)
         }
         MemberCommand::Update { args, peer_urls } => {
@@ -152,15 +162,19 @@ pub async fn run(ctx: &Context, args: MemberArgs) -> Result<()> {
             let urls: Vec<String> = peer_urls.split(',').map(str::to_string).collect();
             let (client, printer) = ctx.connect().await?;
             check_peer_urls(&urls)?;
-            let req = MemberUpdateRequest { id, peer_ur_ls: urls };
+            let req = MemberUpdateRequest {
+                id,
+                peer_ur_ls: urls,
+            };
             let resp = client.unary(client.cluster().member_update(req)).await?;
             emit(&printer.member_update(id, &resp)?)
         }
         MemberCommand::Promote { args } => {
             let id = member_id(&args)?;
             let (client, printer) = ctx.connect().await?;
-            let resp =
-                client.unary(client.cluster().member_promote(MemberPromoteRequest { id })).await?;
+            let resp = client
+                .unary(client.cluster().member_promote(MemberPromoteRequest { id }))
+                .await?;
             emit(&printer.member_promote(id, &resp)?)
         }
     }
@@ -186,7 +200,10 @@ async fn add(ctx: &Context, args: Vec<String>, peer_urls: String, learner: bool)
     let urls: Vec<String> = peer_urls.split(',').map(str::to_string).collect();
     let (client, printer) = ctx.connect().await?;
     check_peer_urls(&urls)?;
-    let req = MemberAddRequest { peer_ur_ls: urls.clone(), is_learner: learner };
+    let req = MemberAddRequest {
+        peer_ur_ls: urls.clone(),
+        is_learner: learner,
+    };
     let resp = client.unary(client.cluster().member_add(req)).await?;
     emit(&printer.member_add(&resp)?)?;
     if printer.format() != Format::Simple {
@@ -198,24 +215,35 @@ async fn add(ctx: &Context, args: Vec<String>, peer_urls: String, learner: bool)
     let new_id = resp.member.as_ref().map_or(0, |m| m.id);
     let mut want_member = resp.header.map_or(0, |h| h.member_id);
     let mut list = client
-        .unary(client.cluster().member_list(MemberListRequest { linearizable: false }))
+        .unary(client.cluster().member_list(MemberListRequest {
+            linearizable: false,
+        }))
         .await?;
     for _ in 0..10 {
         if list.header.map_or(0, |h| h.member_id) == want_member {
             break;
         }
         let get = client
-            .unary(client.kv().range(RangeRequest { key: b"_".to_vec(), ..Default::default() }))
+            .unary(client.kv().range(RangeRequest {
+                key: b"_".to_vec(),
+                ..Default::default()
+            }))
             .await?;
         want_member = get.header.map_or(0, |h| h.member_id);
         list = client
-            .unary(client.cluster().member_list(MemberListRequest { linearizable: false }))
+            .unary(client.cluster().member_list(MemberListRequest {
+                linearizable: false,
+            }))
             .await?;
     }
     let mut cluster = Vec::new();
     for m in &list.members {
         for u in &m.peer_ur_ls {
-            let n = if m.id == new_id { name.as_str() } else { m.name.as_str() };
+            let n = if m.id == new_id {
+                name.as_str()
+            } else {
+                m.name.as_str()
+            };
             cluster.push(format!("{n}={u}"));
         }
     }
@@ -228,8 +256,14 @@ mod tests {
 
     #[test]
     fn member_ids_are_hex() {
-        assert_eq!(member_id(&["8e9e05c52164694d".into()]).unwrap(), 0x8e9e05c52164694d);
-        assert_eq!(member_id(&[]).unwrap_err().to_string(), "member ID is not provided");
+        assert_eq!(
+            member_id(&["8e9e05c52164694d".into()]).unwrap(),
+            0x8e9e05c52164694d
+        );
+        assert_eq!(
+            member_id(&[]).unwrap_err().to_string(),
+            "member ID is not provided"
+        );
         assert_eq!(
             member_id(&["zz".into()]).unwrap_err().to_string(),
             "bad member ID arg (strconv.ParseUint: parsing \"zz\": invalid syntax), expecting ID in Hex"
@@ -241,11 +275,17 @@ mod tests {
         let check = |u: &str| check_peer_urls(&[u.to_string()]).map_err(|e| e.to_string());
         assert!(check("http://127.0.0.1:2380").is_ok());
         assert!(check("https://[::1]:2380").is_ok());
-        assert_eq!(check("foo"), Err("URL scheme must be http, https, unix, or unixs: foo".into()));
+        assert_eq!(
+            check("foo"),
+            Err("URL scheme must be http, https, unix, or unixs: foo".into())
+        );
         assert_eq!(
             check("http://127.0.0.1"),
             Err("URL address does not have the form \"host:port\": http://127.0.0.1".into())
         );
-        assert_eq!(check("http://h:1/x"), Err("URL must not contain a path: http://h:1/x".into()));
+        assert_eq!(
+            check("http://h:1/x"),
+            Err("URL must not contain a path: http://h:1/x".into())
+        );
     }
 }

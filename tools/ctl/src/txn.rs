@@ -44,7 +44,9 @@ pub struct TxnArgs {
 /// `txn`.
 pub async fn run(ctx: &Context, args: TxnArgs) -> Result<()> {
     if !args.extra.is_empty() {
-        return Err(Error::BadArgs("txn command does not accept argument".into()));
+        return Err(Error::BadArgs(
+            "txn command does not accept argument".into(),
+        ));
     }
     let printer = ctx.printer()?;
     let mut prompt = |section: &str| {
@@ -75,7 +77,11 @@ pub fn read_txn(input: &mut dyn BufRead, prompt: &mut dyn FnMut(&str)) -> Result
     while let Some(line) = read_section_line(input)? {
         failure.push(parse_request(&line)?);
     }
-    Ok(TxnRequest { compare, success, failure })
+    Ok(TxnRequest {
+        compare,
+        success,
+        failure,
+    })
 }
 
 /// The next line of a section, trimmed; `None` at the blank line that ends the section.
@@ -92,6 +98,7 @@ fn read_section_line(input: &mut dyn BufRead) -> Result<Option<String>> {
 
 /// A tiny `fmt.Sscanf` for the one format etcdctl scans compares with: `%q) %s %q`.
 struct Scanner<'a> {
+    /// The input not scanned yet.
     rest: &'a str,
 }
 
@@ -150,7 +157,10 @@ impl Scanner<'_> {
         if self.rest.is_empty() {
             return None;
         }
-        let end = self.rest.find(char::is_whitespace).unwrap_or(self.rest.len());
+        let end = self
+            .rest
+            .find(char::is_whitespace)
+            .unwrap_or(self.rest.len());
         let word = self.rest[..end].to_string();
         self.rest = &self.rest[end..];
         Some(word)
@@ -159,7 +169,8 @@ impl Scanner<'_> {
 
 /// Parses one compare line (etcdctl's `parseCompare`), with etcdctl's error texts.
 pub fn parse_compare(line: &str) -> Result<Compare> {
-    let malformed = |detail: String| Error::InvalidInput(format!("malformed comparison: {line}{detail}"));
+    let malformed =
+        |detail: String| Error::InvalidInput(format!("malformed comparison: {line}{detail}"));
     let Some((target, rest)) = line.split_once('(') else {
         return Err(malformed(String::new()));
     };
@@ -182,12 +193,14 @@ pub fn parse_compare(line: &str) -> Result<Compare> {
         )));
     }
     let invalid = || Error::InvalidInput(format!("invalid txn compare request: {line}"));
-    let number = |base: u32| {
-        go::parse_int(&String::from_utf8_lossy(&val), base).map_err(|_| invalid())
-    };
+    let number =
+        |base: u32| go::parse_int(&String::from_utf8_lossy(&val), base).map_err(|_| invalid());
     let (target, union) = match target {
         "ver" | "version" => (CompareTarget::Version, TargetUnion::Version(number(10)?)),
-        "c" | "create" => (CompareTarget::Create, TargetUnion::CreateRevision(number(10)?)),
+        "c" | "create" => (
+            CompareTarget::Create,
+            TargetUnion::CreateRevision(number(10)?),
+        ),
         "m" | "mod" => (CompareTarget::Mod, TargetUnion::ModRevision(number(10)?)),
         "val" | "value" => (CompareTarget::Value, TargetUnion::Value(val.clone())),
         "lease" => (CompareTarget::Lease, TargetUnion::Lease(number(16)?)),
@@ -213,14 +226,18 @@ pub fn parse_compare(line: &str) -> Result<Compare> {
 #[derive(Parser, Debug)]
 #[command(no_binary_name = true, disable_help_flag = true)]
 struct RequestLine {
+    /// The request: put, get or del.
     #[command(subcommand)]
     op: RequestCommand,
 }
 
 #[derive(Subcommand, Debug)]
 enum RequestCommand {
+    /// `put <key> <value> [flags]`.
     Put(PutArgs),
+    /// `get <key> [range_end] [flags]`.
     Get(GetArgs),
+    /// `del <key> [range_end] [flags]`.
     Del(DelArgs),
 }
 
@@ -228,7 +245,9 @@ enum RequestCommand {
 pub fn parse_request(line: &str) -> Result<RequestOp> {
     let args = argify(line)?;
     if args.len() < 2 {
-        return Err(Error::InvalidInput(format!("invalid txn compare request: {line}")));
+        return Err(Error::InvalidInput(format!(
+            "invalid txn compare request: {line}"
+        )));
     }
     let parsed = RequestLine::try_parse_from(args.into_iter().map(bytes_to_os))
         .map_err(|_| Error::InvalidInput(format!("invalid txn request: {line}")))?;
@@ -237,7 +256,9 @@ pub fn parse_request(line: &str) -> Result<RequestOp> {
         RequestCommand::Get(a) => Request::RequestRange(kv::range_request(&a)?),
         RequestCommand::Del(a) => Request::RequestDeleteRange(kv::delete_request(&a)?),
     };
-    Ok(RequestOp { request: Some(request) })
+    Ok(RequestOp {
+        request: Some(request),
+    })
 }
 
 #[cfg(unix)]
@@ -269,7 +290,7 @@ pub fn argify(line: &str) -> Result<Vec<Vec<u8>>> {
             },
             '\'' => match rest[1..].find('\'') {
                 Some(end) => {
-                    args.push(rest[1..=end].as_bytes().to_vec());
+                    args.push(rest.as_bytes()[1..=end].to_vec());
                     rest = &rest[end + 2..];
                 }
                 None => rest = &rest[1..],
@@ -277,7 +298,7 @@ pub fn argify(line: &str) -> Result<Vec<Vec<u8>>> {
             c if is_regex_space(c) => rest = &rest[c.len_utf8()..],
             _ => {
                 let end = rest.find(is_regex_space).unwrap_or(rest.len());
-                args.push(rest[..end].as_bytes().to_vec());
+                args.push(rest.as_bytes()[..end].to_vec());
                 rest = &rest[end..];
             }
         }
@@ -321,7 +342,10 @@ mod tests {
             .unwrap();
         assert_eq!(t.compare.len(), 2);
         assert_eq!(t.compare[0].target, CompareTarget::Value as i32);
-        assert_eq!(t.compare[0].target_union, Some(TargetUnion::Value(b"v1".to_vec())));
+        assert_eq!(
+            t.compare[0].target_union,
+            Some(TargetUnion::Value(b"v1".to_vec()))
+        );
         assert_eq!(t.compare[1].result, CompareResult::Greater as i32);
         assert_eq!(t.compare[1].target_union, Some(TargetUnion::ModRevision(0)));
         assert_eq!(t.success.len(), 3);
@@ -345,14 +369,24 @@ mod tests {
         read_txn(&mut "\n\n\n".as_bytes(), &mut |s| seen.push(s.to_string())).unwrap();
         assert_eq!(
             seen,
-            ["compares:", "success requests (get, put, del):", "failure requests (get, put, del):"]
+            [
+                "compares:",
+                "success requests (get, put, del):",
+                "failure requests (get, put, del):"
+            ]
         );
     }
 
     #[test]
     fn compare_targets_and_ops() {
         let c = parse_compare("ver(\"k\") != \"3\"").unwrap();
-        assert_eq!((c.target, c.result), (CompareTarget::Version as i32, CompareResult::NotEqual as i32));
+        assert_eq!(
+            (c.target, c.result),
+            (
+                CompareTarget::Version as i32,
+                CompareResult::NotEqual as i32
+            )
+        );
         let c = parse_compare("c(\"k\") < \"9\"").unwrap();
         assert_eq!(c.target_union, Some(TargetUnion::CreateRevision(9)));
         let c = parse_compare("lease(\"k\") = \"694d5765fc71500b\"").unwrap();
@@ -366,10 +400,22 @@ mod tests {
     fn malformed_compares_report_like_etcdctl() {
         let msg = |line: &str| parse_compare(line).unwrap_err().to_string();
         assert_eq!(msg("mod k > 0"), "malformed comparison: mod k > 0");
-        assert_eq!(msg("mod(\"k\")>\"0\""), "malformed comparison: mod(\"k\")>\"0\"; got mod(\"k\")  \"\"");
-        assert_eq!(msg("mod(\"k\" = \"x\""), "malformed comparison: mod(\"k\" = \"x\"; got mod(\"k\")  \"\"");
-        assert_eq!(msg("foo(\"k\") = \"0\""), "malformed comparison: foo(\"k\") = \"0\" (unknown target foo)");
-        assert_eq!(msg("mod(\"k\") = \"x\""), "invalid txn compare request: mod(\"k\") = \"x\"");
+        assert_eq!(
+            msg("mod(\"k\")>\"0\""),
+            "malformed comparison: mod(\"k\")>\"0\"; got mod(\"k\")  \"\""
+        );
+        assert_eq!(
+            msg("mod(\"k\" = \"x\""),
+            "malformed comparison: mod(\"k\" = \"x\"; got mod(\"k\")  \"\""
+        );
+        assert_eq!(
+            msg("foo(\"k\") = \"0\""),
+            "malformed comparison: foo(\"k\") = \"0\" (unknown target foo)"
+        );
+        assert_eq!(
+            msg("mod(\"k\") = \"x\""),
+            "invalid txn compare request: mod(\"k\") = \"x\""
+        );
         assert_eq!(parse_compare("mod k").unwrap_err().exit_code(), 3);
     }
 
@@ -378,14 +424,23 @@ mod tests {
         let op = parse_request("get p/ --prefix --limit 2 --sort-by=create").unwrap();
         match op.request {
             Some(Request::RequestRange(r)) => {
-                assert_eq!((r.key, r.range_end, r.limit), (b"p/".to_vec(), b"p0".to_vec(), 2));
+                assert_eq!(
+                    (r.key, r.range_end, r.limit),
+                    (b"p/".to_vec(), b"p0".to_vec(), 2)
+                );
                 assert_eq!(r.sort_target, SortTarget::Create as i32);
             }
             other => panic!("expected a range request, got {other:?}"),
         }
-        match parse_request("put \"a\\tb\" \"x y\" --prev-kv").unwrap().request {
+        match parse_request("put \"a\\tb\" \"x y\" --prev-kv")
+            .unwrap()
+            .request
+        {
             Some(Request::RequestPut(p)) => {
-                assert_eq!((p.key, p.value, p.prev_kv), (b"a\tb".to_vec(), b"x y".to_vec(), true))
+                assert_eq!(
+                    (p.key, p.value, p.prev_kv),
+                    (b"a\tb".to_vec(), b"x y".to_vec(), true)
+                )
             }
             other => panic!("expected a put request, got {other:?}"),
         }
@@ -398,7 +453,10 @@ mod tests {
     #[test]
     fn bad_request_lines_report_like_etcdctl() {
         let err = parse_request("foo").unwrap_err();
-        assert_eq!((err.exit_code(), err.to_string()), (3, "invalid txn compare request: foo".into()));
+        assert_eq!(
+            (err.exit_code(), err.to_string()),
+            (3, "invalid txn compare request: foo".into())
+        );
         let err = parse_request("foo bar").unwrap_err();
         assert_eq!(err.to_string(), "invalid txn request: foo bar");
         let err = parse_request("get p/ --bogus").unwrap_err();
@@ -410,8 +468,20 @@ mod tests {
     #[test]
     fn argify_splits_quotes_like_etcdctl() {
         let args = argify(r#"put "a b\x41" 'c d' e"f g"#).unwrap();
-        assert_eq!(args, vec![b"put".to_vec(), b"a bA".to_vec(), b"c d".to_vec(), b"e\"f".to_vec(), b"g".to_vec()]);
+        assert_eq!(
+            args,
+            vec![
+                b"put".to_vec(),
+                b"a bA".to_vec(),
+                b"c d".to_vec(),
+                b"e\"f".to_vec(),
+                b"g".to_vec()
+            ]
+        );
         // An unterminated quote is skipped, the rest split normally.
-        assert_eq!(argify("put k \"a b").unwrap(), vec![b"put".to_vec(), b"k".to_vec(), b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            argify("put k \"a b").unwrap(),
+            vec![b"put".to_vec(), b"k".to_vec(), b"a".to_vec(), b"b".to_vec()]
+        );
     }
 }

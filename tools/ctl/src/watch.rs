@@ -53,6 +53,7 @@ pub struct WatchArgs {
 #[derive(Parser, Debug)]
 #[command(no_binary_name = true, disable_help_flag = true)]
 struct InteractiveLine {
+    /// The same flags and arguments as on the command line.
     #[command(flatten)]
     args: WatchArgs,
 }
@@ -65,7 +66,9 @@ fn bad_args_num() -> Error {
 /// One watch to create: the request, and the command to run for its events.
 #[derive(Debug, Clone)]
 struct WatchSpec {
+    /// The create request to send on the watch stream.
     create: WatchCreateRequest,
+    /// The command to run for each of its events (empty for none).
     exec: Vec<OsString>,
 }
 
@@ -79,7 +82,11 @@ fn key_args(args: &WatchArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Ve
             quote(env_range.as_bytes())
         )));
     }
-    let mut keys: Vec<Vec<u8>> = args.args.iter().map(|a| a.as_encoded_bytes().to_vec()).collect();
+    let mut keys: Vec<Vec<u8>> = args
+        .args
+        .iter()
+        .map(|a| a.as_encoded_bytes().to_vec())
+        .collect();
     if !env_key.is_empty() {
         if !keys.is_empty() {
             return Err(Error::BadArgs(
@@ -128,8 +135,11 @@ fn create_request(args: &WatchArgs, keys: &[Vec<u8>]) -> Result<WatchCreateReque
 
 /// What the stdin reader of interactive mode hands to the watch loop.
 enum InteractiveEvent {
+    /// A new watch to create.
     Watch(WatchSpec),
+    /// A line that was not a usable watch command: report it and go on.
     Notice(crate::output::Rendered),
+    /// End of input or a bad flag: kvctl exits with this error.
     Fatal(Error),
 }
 
@@ -154,9 +164,14 @@ fn interactive_line(line: &str, env: &dyn Fn(&str) -> Option<String>) -> Interac
         ));
     }
     if words.first().map(Vec::as_slice) != Some(b"watch") {
-        return InteractiveEvent::Notice(notices::invalid_watch_command(line, "only support watch"));
+        return InteractiveEvent::Notice(notices::invalid_watch_command(
+            line,
+            "only support watch",
+        ));
     }
-    let words = words[1..].iter().map(|w| OsString::from(String::from_utf8_lossy(w).into_owned()));
+    let words = words[1..]
+        .iter()
+        .map(|w| OsString::from(String::from_utf8_lossy(w).into_owned()));
     let parsed = match InteractiveLine::try_parse_from(words) {
         Ok(p) => p.args,
         Err(e) => return InteractiveEvent::Fatal(Error::BadArgs(clap_error_line(&e))),
@@ -166,7 +181,10 @@ fn interactive_line(line: &str, env: &dyn Fn(&str) -> Option<String>) -> Interac
         Err(e) => return InteractiveEvent::Fatal(e),
     };
     match create_request(&parsed, &keys) {
-        Ok(create) => InteractiveEvent::Watch(WatchSpec { create, exec: parsed.exec }),
+        Ok(create) => InteractiveEvent::Watch(WatchSpec {
+            create,
+            exec: parsed.exec,
+        }),
         Err(why) => InteractiveEvent::Notice(notices::invalid_watch_command(line, &why)),
     }
 }
@@ -209,9 +227,10 @@ pub async fn run(ctx: &Context, args: WatchArgs) -> Result<()> {
 
     let mut request = tonic::Request::new(ReceiverStream::new(req_rx));
     // etcdctl's WithRequireLeader: fail the watch rather than hang on a member without leader.
-    request
-        .metadata_mut()
-        .insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+    request.metadata_mut().insert(
+        "hasleader",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
     let mut stream = client
         .watch()
         .watch(request)
@@ -281,7 +300,9 @@ fn spawn_stdin_reader(
 }
 
 fn create_message(create: WatchCreateRequest) -> WatchRequest {
-    WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }
+    WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(create)),
+    }
 }
 
 /// Prints one response of the stream; `false` when the watch it belongs to has ended.
@@ -304,7 +325,9 @@ fn handle_response(printer: &Printer, resp: &WatchResponse, exec: &[OsString]) -
         && resp.compact_revision == 0
         && resp.header.is_some_and(|h| h.revision != 0);
     if progress {
-        emit(&notices::progress_notify(resp.header.map_or(0, |h| h.revision)))?;
+        emit(&notices::progress_notify(
+            resp.header.map_or(0, |h| h.revision),
+        ))?;
     }
     emit(&printer.watch(resp)?)?;
     if !exec.is_empty() {
@@ -320,7 +343,10 @@ fn run_exec(exec: &[OsString], resp: &WatchResponse) -> Result<()> {
         let event_type = if ev.r#type == 1 { "DELETE" } else { "PUT" };
         let status = std::process::Command::new(&exec[0])
             .args(&exec[1..])
-            .env("ETCD_WATCH_REVISION", resp.header.map_or(0, |h| h.revision).to_string())
+            .env(
+                "ETCD_WATCH_REVISION",
+                resp.header.map_or(0, |h| h.revision).to_string(),
+            )
             .env("ETCD_WATCH_EVENT_TYPE", quote(event_type.as_bytes()))
             .env("ETCD_WATCH_KEY", quote(&kv.key))
             .env("ETCD_WATCH_VALUE", quote(&kv.value))
@@ -331,8 +357,7 @@ fn run_exec(exec: &[OsString], resp: &WatchResponse) -> Result<()> {
             Err(e) => Some(e.to_string()),
         };
         if let Some(why) = failure {
-            let quoted: Vec<String> =
-                exec.iter().map(|a| quote(a.as_encoded_bytes())).collect();
+            let quoted: Vec<String> = exec.iter().map(|a| quote(a.as_encoded_bytes())).collect();
             emit(&crate::output::Rendered::err(format!(
                 "command [{}] error ({why})\n",
                 quoted.join(" ")
@@ -352,12 +377,20 @@ mod tests {
     }
 
     fn args(keys: &[&str]) -> WatchArgs {
-        WatchArgs { args: keys.iter().map(OsString::from).collect(), ..Default::default() }
+        WatchArgs {
+            args: keys.iter().map(OsString::from).collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn prefix_watch_covers_the_prefix() {
-        let a = WatchArgs { prefix: true, rev: 5, prev_kv: true, ..args(&["w/"]) };
+        let a = WatchArgs {
+            prefix: true,
+            rev: 5,
+            prev_kv: true,
+            ..args(&["w/"])
+        };
         let c = create_request(&a, &key_args(&a, &no_env).unwrap()).unwrap();
         assert_eq!((c.key, c.range_end), (b"w/".to_vec(), b"w0".to_vec()));
         assert_eq!((c.start_revision, c.prev_kv), (5, true));
@@ -368,7 +401,10 @@ mod tests {
         let a = args(&["a", "c"]);
         let c = create_request(&a, &key_args(&a, &no_env).unwrap()).unwrap();
         assert_eq!(c.range_end, b"c".to_vec());
-        let a = WatchArgs { prefix: true, ..args(&["a", "c"]) };
+        let a = WatchArgs {
+            prefix: true,
+            ..args(&["a", "c"])
+        };
         assert_eq!(
             create_request(&a, &key_args(&a, &no_env).unwrap()).unwrap_err(),
             "`range_end` and `--prefix` are mutually exclusive"
@@ -384,7 +420,10 @@ mod tests {
             "bad number of arguments (found conflicting environment key)"
         );
         let err = key_args(&args(&[]), &no_env).unwrap_err();
-        assert_eq!((err.exit_code(), err.to_string()), (128, "bad number of arguments".into()));
+        assert_eq!(
+            (err.exit_code(), err.to_string()),
+            (128, "bad number of arguments".into())
+        );
     }
 
     #[test]
@@ -399,7 +438,10 @@ mod tests {
         }
         match interactive_line("get foo", &no_env) {
             InteractiveEvent::Notice(n) => {
-                assert_eq!(n.stderr, b"Invalid command get foo (only support watch)\n".to_vec())
+                assert_eq!(
+                    n.stderr,
+                    b"Invalid command get foo (only support watch)\n".to_vec()
+                )
             }
             _ => panic!("expected a notice"),
         }

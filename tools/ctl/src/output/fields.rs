@@ -220,7 +220,12 @@ mod tests {
     #[test]
     fn get_lists_header_pairs_more_and_count() {
         let r = RangeResponse {
-            header: Some(ResponseHeader { cluster_id: 1, member_id: 2, revision: 3, raft_term: 4 }),
+            header: Some(ResponseHeader {
+                cluster_id: 1,
+                member_id: 2,
+                revision: 3,
+                raft_term: 4,
+            }),
             kvs: vec![KeyValue {
                 key: b"foo".to_vec(),
                 create_revision: 2,
@@ -243,11 +248,17 @@ mod tests {
     #[test]
     fn txn_repeats_each_responses_fields() {
         let r = TxnResponse {
-            header: Some(ResponseHeader { revision: 11, ..Default::default() }),
+            header: Some(ResponseHeader {
+                revision: 11,
+                ..Default::default()
+            }),
             succeeded: false,
             responses: vec![kvstore_proto::etcdserverpb::ResponseOp {
                 response: Some(Response::ResponsePut(PutResponse {
-                    header: Some(ResponseHeader { revision: 11, ..Default::default() }),
+                    header: Some(ResponseHeader {
+                        revision: 11,
+                        ..Default::default()
+                    }),
                     prev_kv: None,
                 })),
             }],
@@ -270,7 +281,13 @@ mod tests {
             },
         }];
         let text = endpoint_status(&list);
-        assert!(text.contains("\"Errors\" : [memberID:1 alarm:NOSPACE ]\n"), "{text}");
-        assert!(text.ends_with("\"Endpoint\" : \"127.0.0.1:2379\"\n\n"), "{text}");
+        assert!(
+            text.contains("\"Errors\" : [memberID:1 alarm:NOSPACE ]\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\"Endpoint\" : \"127.0.0.1:2379\"\n\n"),
+            "{text}"
+        );
     }
 }

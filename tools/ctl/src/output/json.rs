@@ -28,13 +28,18 @@ pub(super) fn line(json: String) -> String {
 
 /// Builds one JSON object, field by field, in the order they are added.
 struct Obj {
+    /// The JSON text so far, starting with `{`.
     buf: String,
+    /// No field written yet (so the next one needs no comma).
     empty: bool,
 }
 
 impl Obj {
     fn new() -> Self {
-        Self { buf: String::from("{"), empty: true }
+        Self {
+            buf: String::from("{"),
+            empty: true,
+        }
     }
 
     fn key(&mut self, name: &str) {
@@ -60,7 +65,11 @@ impl Obj {
     }
 
     /// A number with `omitempty`: left out when zero.
-    fn num_omit<T: std::fmt::Display + Default + PartialEq>(&mut self, name: &str, v: T) -> &mut Self {
+    fn num_omit<T: std::fmt::Display + Default + PartialEq>(
+        &mut self,
+        name: &str,
+        v: T,
+    ) -> &mut Self {
         if v != T::default() {
             self.num(name, v);
         }
@@ -169,7 +178,11 @@ pub(crate) fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -279,12 +292,18 @@ pub(super) fn lease_grant(r: &LeaseGrantResponse) -> String {
 }
 
 pub(super) fn lease_revoke(r: &LeaseRevokeResponse) -> String {
-    Obj::new().msg_omit("header", r.header.as_ref(), header).finish()
+    Obj::new()
+        .msg_omit("header", r.header.as_ref(), header)
+        .finish()
 }
 
 /// clientv3's `LeaseKeepAliveResponse`: embedded header, `ID`, `TTL`.
 pub(super) fn lease_keep_alive(r: &LeaseKeepAliveResponse) -> String {
-    Obj::new().embedded_header(r.header.as_ref()).num("ID", r.id).num("TTL", r.ttl).finish()
+    Obj::new()
+        .embedded_header(r.header.as_ref())
+        .num("ID", r.id)
+        .num("TTL", r.ttl)
+        .finish()
 }
 
 /// clientv3's `LeaseTimeToLiveResponse`: embedded header, `id`, `ttl`, `granted-ttl`, `keys`
@@ -308,7 +327,10 @@ pub(super) fn lease_time_to_live(r: &LeaseTimeToLiveResponse) -> String {
 pub(super) fn lease_list(r: &LeaseLeasesResponse) -> String {
     Obj::new()
         .embedded_header(r.header.as_ref())
-        .raw("leases", &list(&r.leases, |l| Obj::new().num("id", l.id).finish()))
+        .raw(
+            "leases",
+            &list(&r.leases, |l| Obj::new().num("id", l.id).finish()),
+        )
         .finish()
 }
 
@@ -337,7 +359,10 @@ pub(super) fn member_add(r: &MemberAddResponse) -> String {
 
 /// The responses of member list, remove, update and promote: a header and the members.
 pub(super) fn members_changed(h: Option<&ResponseHeader>, members: &[Member]) -> String {
-    Obj::new().msg_omit("header", h, header).list_omit("members", members, member).finish()
+    Obj::new()
+        .msg_omit("header", h, header)
+        .list_omit("members", members, member)
+        .finish()
 }
 
 fn status(s: &StatusResponse) -> String {
@@ -357,7 +382,12 @@ fn status(s: &StatusResponse) -> String {
 
 /// etcdctl's `[]epStatus`: `[{"Endpoint":...,"Status":{...}}]`.
 pub(super) fn endpoint_status(list_: &[EpStatus]) -> String {
-    list(list_, |s| Obj::new().str("Endpoint", &s.endpoint).raw("Status", &status(&s.resp)).finish())
+    list(list_, |s| {
+        Obj::new()
+            .str("Endpoint", &s.endpoint)
+            .raw("Status", &status(&s.resp))
+            .finish()
+    })
 }
 
 /// etcdctl's `[]epHealth`: `[{"endpoint":...,"health":true,"took":"1.2ms"}]`.
@@ -376,7 +406,10 @@ pub(super) fn alarm(r: &AlarmResponse) -> String {
     Obj::new()
         .msg_omit("header", r.header.as_ref(), header)
         .list_omit("alarms", &r.alarms, |a| {
-            Obj::new().num_omit("memberID", a.member_id).num_omit("alarm", a.alarm).finish()
+            Obj::new()
+                .num_omit("memberID", a.member_id)
+                .num_omit("alarm", a.alarm)
+                .finish()
         })
         .finish()
 }
@@ -405,7 +438,10 @@ mod tests {
 
     #[test]
     fn strings_are_escaped_html_safe() {
-        assert_eq!(string("a<b>&\"\\\n\u{1}"), r#""a\u003cb\u003e\u0026\"\\\n\u0001""#);
+        assert_eq!(
+            string("a<b>&\"\\\n\u{1}"),
+            r#""a\u003cb\u003e\u0026\"\\\n\u0001""#
+        );
     }
 
     #[test]
@@ -427,7 +463,10 @@ mod tests {
             range(&r),
             r#"{"header":{"cluster_id":324952591200643719,"member_id":3319814642761637952,"revision":2,"raft_term":2},"kvs":[{"key":"Zm9v","create_revision":2,"mod_revision":2,"version":1,"value":"YmFy"}],"count":1}"#
         );
-        let empty = RangeResponse { header: Some(hdr(5)), ..Default::default() };
+        let empty = RangeResponse {
+            header: Some(hdr(5)),
+            ..Default::default()
+        };
         assert_eq!(
             range(&empty),
             r#"{"header":{"cluster_id":324952591200643719,"member_id":3319814642761637952,"revision":5,"raft_term":2}}"#
@@ -441,7 +480,10 @@ mod tests {
             succeeded: false,
             responses: vec![ResponseOp {
                 response: Some(Response::ResponsePut(PutResponse {
-                    header: Some(ResponseHeader { revision: 10, ..Default::default() }),
+                    header: Some(ResponseHeader {
+                        revision: 10,
+                        ..Default::default()
+                    }),
                     prev_kv: None,
                 })),
             }],
@@ -455,7 +497,10 @@ mod tests {
     #[test]
     fn watch_response_uses_clientv3_field_names() {
         let r = WatchResponse {
-            header: Some(ResponseHeader { revision: 0, ..hdr(0) }),
+            header: Some(ResponseHeader {
+                revision: 0,
+                ..hdr(0)
+            }),
             compact_revision: 3,
             canceled: true,
             ..Default::default()
@@ -466,32 +511,56 @@ mod tests {
         );
         let del = Event {
             r#type: 1,
-            kv: Some(KeyValue { key: b"w/b".to_vec(), mod_revision: 22, ..Default::default() }),
+            kv: Some(KeyValue {
+                key: b"w/b".to_vec(),
+                mod_revision: 22,
+                ..Default::default()
+            }),
             prev_kv: None,
         };
-        assert_eq!(event(&del), r#"{"type":1,"kv":{"key":"dy9i","mod_revision":22}}"#);
+        assert_eq!(
+            event(&del),
+            r#"{"type":1,"kv":{"key":"dy9i","mod_revision":22}}"#
+        );
     }
 
     #[test]
     fn lease_wrappers_embed_the_header() {
-        let g = LeaseGrantResponse { header: Some(hdr(14)), id: 2324035545993849629, ttl: 100, error: String::new() };
+        let g = LeaseGrantResponse {
+            header: Some(hdr(14)),
+            id: 2324035545993849629,
+            ttl: 100,
+            error: String::new(),
+        };
         assert_eq!(
             lease_grant(&g),
             r#"{"cluster_id":324952591200643719,"member_id":3319814642761637952,"revision":14,"raft_term":2,"ID":2324035545993849629,"TTL":100,"Error":""}"#
         );
-        let t = LeaseTimeToLiveResponse { header: Some(hdr(17)), id: 5, ttl: -1, granted_ttl: 0, keys: vec![] };
+        let t = LeaseTimeToLiveResponse {
+            header: Some(hdr(17)),
+            id: 5,
+            ttl: -1,
+            granted_ttl: 0,
+            keys: vec![],
+        };
         assert_eq!(
             lease_time_to_live(&t),
             r#"{"cluster_id":324952591200643719,"member_id":3319814642761637952,"revision":17,"raft_term":2,"id":5,"ttl":-1,"granted-ttl":0,"keys":null}"#
         );
-        let l = LeaseLeasesResponse { header: None, leases: vec![LeaseStatus { id: 7 }] };
+        let l = LeaseLeasesResponse {
+            header: None,
+            leases: vec![LeaseStatus { id: 7 }],
+        };
         assert_eq!(lease_list(&l), r#"{"leases":[{"id":7}]}"#);
     }
 
     #[test]
     fn member_list_and_alarms_match_etcdctl() {
         let r = MemberListResponse {
-            header: Some(ResponseHeader { revision: 0, ..hdr(0) }),
+            header: Some(ResponseHeader {
+                revision: 0,
+                ..hdr(0)
+            }),
             members: vec![Member {
                 id: 3319814642761637952,
                 name: "default".into(),
@@ -504,15 +573,49 @@ mod tests {
             member_list(&r),
             r#"{"header":{"cluster_id":324952591200643719,"member_id":3319814642761637952,"raft_term":2},"members":[{"ID":3319814642761637952,"name":"default","peerURLs":["http://127.0.0.1:23800"],"clientURLs":["http://127.0.0.1:23790"]}]}"#
         );
-        let a = AlarmResponse { header: None, alarms: vec![AlarmMember { member_id: 37, alarm: 1 }] };
+        let a = AlarmResponse {
+            header: None,
+            alarms: vec![AlarmMember {
+                member_id: 37,
+                alarm: 1,
+            }],
+        };
         assert_eq!(alarm(&a), r#"{"alarms":[{"memberID":37,"alarm":1}]}"#);
         assert_eq!(alarm(&AlarmResponse::default()), "{}");
     }
 
     #[test]
+    fn endpoint_status_wraps_the_status_like_etcdctl() {
+        let list = [EpStatus {
+            endpoint: "127.0.0.1:23790".into(),
+            resp: StatusResponse {
+                header: Some(hdr(17)),
+                version: "3.4.23".into(),
+                db_size: 20480,
+                leader: 3319814642761637952,
+                raft_index: 36,
+                raft_term: 2,
+                raft_applied_index: 36,
+                errors: vec![],
+                db_size_in_use: 16384,
+                is_learner: false,
+            },
+        }];
+        assert_eq!(
+            endpoint_status(&list),
+            r#"[{"Endpoint":"127.0.0.1:23790","Status":{"header":{"cluster_id":324952591200643719,"member_id":3319814642761637952,"revision":17,"raft_term":2},"version":"3.4.23","dbSize":20480,"leader":3319814642761637952,"raftIndex":36,"raftTerm":2,"raftAppliedIndex":36,"dbSizeInUse":16384}}]"#
+        );
+    }
+
+    #[test]
     fn endpoint_health_omits_an_empty_error() {
         let list = [
-            EpHealth { endpoint: "127.0.0.1:23790".into(), health: true, took: "1.6ms".into(), error: String::new() },
+            EpHealth {
+                endpoint: "127.0.0.1:23790".into(),
+                health: true,
+                took: "1.6ms".into(),
+                error: String::new(),
+            },
             EpHealth {
                 endpoint: "127.0.0.1:1".into(),
                 health: false,

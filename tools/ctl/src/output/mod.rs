@@ -72,12 +72,18 @@ pub struct Rendered {
 impl Rendered {
     /// Text for standard output.
     pub fn out(text: impl Into<Vec<u8>>) -> Self {
-        Self { stdout: text.into(), stderr: Vec::new() }
+        Self {
+            stdout: text.into(),
+            stderr: Vec::new(),
+        }
     }
 
     /// Text for standard error.
     pub fn err(text: impl Into<Vec<u8>>) -> Self {
-        Self { stdout: Vec::new(), stderr: text.into() }
+        Self {
+            stdout: Vec::new(),
+            stderr: text.into(),
+        }
     }
 
     /// Standard output as text.
@@ -138,7 +144,11 @@ pub struct Printer {
 impl Printer {
     /// A printer for `format`, printing keys and values in hex when `hex` is set.
     pub fn new(format: Format, hex: bool) -> Self {
-        Self { format, hex, value_only: false }
+        Self {
+            format,
+            hex,
+            value_only: false,
+        }
     }
 
     /// The format this printer writes.
@@ -148,11 +158,17 @@ impl Printer {
 
     /// This printer, printing values only (for `get --print-value-only`).
     pub fn values_only(self) -> Self {
-        Self { value_only: true, ..self }
+        Self {
+            value_only: true,
+            ..self
+        }
     }
 
     fn unsupported(&self) -> Error {
-        Error::BadFeature(format!("{} not supported as output format", self.format.name()))
+        Error::BadFeature(format!(
+            "{} not supported as output format",
+            self.format.name()
+        ))
     }
 
     /// Output of `put`.
@@ -279,8 +295,14 @@ impl Printer {
     pub fn member_remove(&self, id: u64, r: &MemberRemoveResponse) -> Result<Rendered> {
         let header = r.header.as_ref();
         match self.format {
-            Format::Simple => Ok(Rendered::out(simple::member_changed(id, "removed from", header))),
-            Format::Json => Ok(Rendered::out(json::line(json::members_changed(header, &r.members)))),
+            Format::Simple => Ok(Rendered::out(simple::member_changed(
+                id,
+                "removed from",
+                header,
+            ))),
+            Format::Json => Ok(Rendered::out(json::line(json::members_changed(
+                header, &r.members,
+            )))),
             Format::Fields | Format::Table => Err(self.unsupported()),
         }
     }
@@ -289,8 +311,14 @@ impl Printer {
     pub fn member_update(&self, id: u64, r: &MemberUpdateResponse) -> Result<Rendered> {
         let header = r.header.as_ref();
         match self.format {
-            Format::Simple => Ok(Rendered::out(simple::member_changed(id, "updated in", header))),
-            Format::Json => Ok(Rendered::out(json::line(json::members_changed(header, &r.members)))),
+            Format::Simple => Ok(Rendered::out(simple::member_changed(
+                id,
+                "updated in",
+                header,
+            ))),
+            Format::Json => Ok(Rendered::out(json::line(json::members_changed(
+                header, &r.members,
+            )))),
             Format::Fields | Format::Table => Err(self.unsupported()),
         }
     }
@@ -299,8 +327,14 @@ impl Printer {
     pub fn member_promote(&self, id: u64, r: &MemberPromoteResponse) -> Result<Rendered> {
         let header = r.header.as_ref();
         match self.format {
-            Format::Simple => Ok(Rendered::out(simple::member_changed(id, "promoted in", header))),
-            Format::Json => Ok(Rendered::out(json::line(json::members_changed(header, &r.members)))),
+            Format::Simple => Ok(Rendered::out(simple::member_changed(
+                id,
+                "promoted in",
+                header,
+            ))),
+            Format::Json => Ok(Rendered::out(json::line(json::members_changed(
+                header, &r.members,
+            )))),
             Format::Fields | Format::Table => Err(self.unsupported()),
         }
     }
@@ -336,6 +370,9 @@ impl Printer {
     }
 
     fn simple(&self) -> simple::KvPrinter {
-        simple::KvPrinter { hex: self.hex, value_only: self.value_only }
+        simple::KvPrinter {
+            hex: self.hex,
+            value_only: self.value_only,
+        }
     }
 }

@@ -16,12 +16,16 @@ pub fn defragmented(endpoint: &str) -> Rendered {
 
 /// `defrag`, one line per endpoint that failed.
 pub fn defrag_failed(endpoint: &str, err: &str) -> Rendered {
-    Rendered::err(format!("Failed to defragment etcd member[{endpoint}] ({err})\n"))
+    Rendered::err(format!(
+        "Failed to defragment etcd member[{endpoint}] ({err})\n"
+    ))
 }
 
 /// `endpoint status`, one line per endpoint that did not answer.
 pub fn status_failed(endpoint: &str, err: &str) -> Rendered {
-    Rendered::err(format!("Failed to get the status of endpoint {endpoint} ({err})\n"))
+    Rendered::err(format!(
+        "Failed to get the status of endpoint {endpoint} ({err})\n"
+    ))
 }
 
 /// `watch`: the server cancelled the watch (compaction, or another reason).
@@ -64,5 +68,8 @@ pub fn txn_prompt(section: &str) -> Rendered {
 
 /// `version`.
 pub fn version() -> Rendered {
-    Rendered::out(format!("kvctl version: {}\nAPI version: 3.4\n", env!("CARGO_PKG_VERSION")))
+    Rendered::out(format!(
+        "kvctl version: {}\nAPI version: 3.4\n",
+        env!("CARGO_PKG_VERSION")
+    ))
 }

@@ -15,7 +15,9 @@ use super::{EpHealth, EpStatus};
 
 /// Prints keys and values, as raw bytes or as `\x..` escapes (`--hex`).
 pub(super) struct KvPrinter {
+    /// `--hex`: keys and values as `\x..` escapes.
     pub hex: bool,
+    /// `get --print-value-only`: values without their keys.
     pub value_only: bool,
 }
 
@@ -63,7 +65,11 @@ impl KvPrinter {
     }
 
     pub fn txn(&self, r: &TxnResponse) -> Vec<u8> {
-        let mut out = if r.succeeded { b"SUCCESS\n".to_vec() } else { b"FAILURE\n".to_vec() };
+        let mut out = if r.succeeded {
+            b"SUCCESS\n".to_vec()
+        } else {
+            b"FAILURE\n".to_vec()
+        };
         for op in &r.responses {
             out.push(b'\n');
             match &op.response {
@@ -143,8 +149,11 @@ pub(super) fn lease_time_to_live(r: &LeaseTimeToLiveResponse, keys: bool) -> Str
         r.id, r.granted_ttl, r.ttl
     );
     if keys {
-        let names: Vec<String> =
-            r.keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+        let names: Vec<String> = r
+            .keys
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
         let _ = write!(s, ", attached keys({})", crate::go::string_list(&names));
     }
     s.push('\n');
@@ -241,22 +250,36 @@ mod tests {
 
     #[test]
     fn put_prints_ok_and_previous_pair() {
-        let r = PutResponse { header: None, prev_kv: Some(kv("foo", "bar")) };
+        let r = PutResponse {
+            header: None,
+            prev_kv: Some(kv("foo", "bar")),
+        };
         assert_eq!(simple().put(&r).unwrap().stdout_str(), "OK\nfoo\nbar\n");
     }
 
     #[test]
     fn get_prints_keys_and_values_or_hex_or_values_only() {
-        let r = RangeResponse { kvs: vec![kv("a", "1"), kv("b", "")], count: 2, ..Default::default() };
+        let r = RangeResponse {
+            kvs: vec![kv("a", "1"), kv("b", "")],
+            count: 2,
+            ..Default::default()
+        };
         assert_eq!(simple().get(&r).unwrap().stdout_str(), "a\n1\nb\n\n");
-        assert_eq!(simple().values_only().get(&r).unwrap().stdout_str(), "1\n\n");
+        assert_eq!(
+            simple().values_only().get(&r).unwrap().stdout_str(),
+            "1\n\n"
+        );
         let hex = Printer::new(Format::Simple, true);
         assert_eq!(hex.get(&r).unwrap().stdout_str(), "\\x61\n\\x31\n\\x62\n\n");
     }
 
     #[test]
     fn del_prints_count_then_previous_pairs() {
-        let r = DeleteRangeResponse { header: None, deleted: 1, prev_kvs: vec![kv("k", "v")] };
+        let r = DeleteRangeResponse {
+            header: None,
+            deleted: 1,
+            prev_kvs: vec![kv("k", "v")],
+        };
         assert_eq!(simple().del(&r).unwrap().stdout_str(), "1\nk\nv\n");
     }
 
@@ -266,7 +289,9 @@ mod tests {
             header: None,
             succeeded: true,
             responses: vec![
-                ResponseOp { response: Some(Response::ResponsePut(PutResponse::default())) },
+                ResponseOp {
+                    response: Some(Response::ResponsePut(PutResponse::default())),
+                },
                 ResponseOp {
                     response: Some(Response::ResponseRange(RangeResponse {
                         kvs: vec![kv("t1", "v2")],
@@ -278,8 +303,14 @@ mod tests {
                 },
             ],
         };
-        assert_eq!(simple().txn(&r).unwrap().stdout_str(), "SUCCESS\n\nOK\n\nt1\nv2\n\n0\n");
-        let failed = TxnResponse { succeeded: false, ..Default::default() };
+        assert_eq!(
+            simple().txn(&r).unwrap().stdout_str(),
+            "SUCCESS\n\nOK\n\nt1\nv2\n\n0\n"
+        );
+        let failed = TxnResponse {
+            succeeded: false,
+            ..Default::default()
+        };
         assert_eq!(simple().txn(&failed).unwrap().stdout_str(), "FAILURE\n");
     }
 
@@ -287,18 +318,39 @@ mod tests {
     fn watch_prints_type_previous_pair_and_pair() {
         let r = WatchResponse {
             events: vec![
-                Event { r#type: 0, kv: Some(kv("w", "2")), prev_kv: Some(kv("w", "1")) },
-                Event { r#type: 1, kv: Some(KeyValue { key: "w".into(), ..Default::default() }), prev_kv: None },
+                Event {
+                    r#type: 0,
+                    kv: Some(kv("w", "2")),
+                    prev_kv: Some(kv("w", "1")),
+                },
+                Event {
+                    r#type: 1,
+                    kv: Some(KeyValue {
+                        key: "w".into(),
+                        ..Default::default()
+                    }),
+                    prev_kv: None,
+                },
             ],
             ..Default::default()
         };
-        assert_eq!(simple().watch(&r).unwrap().stdout_str(), "PUT\nw\n1\nw\n2\nDELETE\nw\n\n");
+        assert_eq!(
+            simple().watch(&r).unwrap().stdout_str(),
+            "PUT\nw\n1\nw\n2\nDELETE\nw\n\n"
+        );
     }
 
     #[test]
     fn lease_lines_match_etcdctl() {
-        let g = LeaseGrantResponse { id: 0x694d5765fc71500b, ttl: 10, ..Default::default() };
-        assert_eq!(lease_grant(&g), "lease 694d5765fc71500b granted with TTL(10s)\n");
+        let g = LeaseGrantResponse {
+            id: 0x694d5765fc71500b,
+            ttl: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            lease_grant(&g),
+            "lease 694d5765fc71500b granted with TTL(10s)\n"
+        );
         assert_eq!(lease_revoke(0x123), "lease 0000000000000123 revoked\n");
         let ttl = LeaseTimeToLiveResponse {
             id: 0x10,
@@ -311,8 +363,15 @@ mod tests {
             lease_time_to_live(&ttl, true),
             "lease 0000000000000010 granted with TTL(60s), remaining(59s), attached keys([lk2 lk])\n"
         );
-        let expired = LeaseTimeToLiveResponse { id: 0x10, ttl: -1, ..Default::default() };
-        assert_eq!(lease_time_to_live(&expired, false), "lease 0000000000000010 already expired\n");
+        let expired = LeaseTimeToLiveResponse {
+            id: 0x10,
+            ttl: -1,
+            ..Default::default()
+        };
+        assert_eq!(
+            lease_time_to_live(&expired, false),
+            "lease 0000000000000010 already expired\n"
+        );
     }
 
     #[test]
@@ -327,7 +386,12 @@ mod tests {
                     client_ur_ls: vec!["http://localhost:2379".into()],
                     is_learner: false,
                 },
-                Member { id: 0x5d4f, peer_ur_ls: vec!["http://a:1".into(), "http://b:2".into()], is_learner: true, ..Default::default() },
+                Member {
+                    id: 0x5d4f,
+                    peer_ur_ls: vec!["http://a:1".into(), "http://b:2".into()],
+                    is_learner: true,
+                    ..Default::default()
+                },
             ],
         };
         assert_eq!(
@@ -339,7 +403,10 @@ mod tests {
 
     #[test]
     fn member_changes_pad_ids_to_sixteen_columns() {
-        let h = ResponseHeader { cluster_id: 0x48276a8f75b6a87, ..Default::default() };
+        let h = ResponseHeader {
+            cluster_id: 0x48276a8f75b6a87,
+            ..Default::default()
+        };
         assert_eq!(
             member_changed(0x5d4fcdda10591db7, "removed from", Some(&h)),
             "Member 5d4fcdda10591db7 removed from cluster  48276a8f75b6a87\n"
@@ -348,6 +415,9 @@ mod tests {
 
     #[test]
     fn alarm_member_uses_gogo_compact_text() {
-        assert_eq!(alarm_member_text(3704289084508602062, 1), "memberID:3704289084508602062 alarm:NOSPACE ");
+        assert_eq!(
+            alarm_member_text(3704289084508602062, 1),
+            "memberID:3704289084508602062 alarm:NOSPACE "
+        );
     }
 }

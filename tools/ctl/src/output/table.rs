@@ -18,7 +18,11 @@ pub(super) fn member_rows(members: &[Member]) -> Vec<Vec<String>> {
     members
         .iter()
         .map(|m| {
-            let status = if m.name.is_empty() { "unstarted" } else { "started" };
+            let status = if m.name.is_empty() {
+                "unstarted"
+            } else {
+                "started"
+            };
             vec![
                 format!("{:x}", m.id),
                 status.to_string(),
@@ -55,7 +59,14 @@ pub(super) fn endpoint_status_rows(list: &[EpStatus]) -> Vec<Vec<String>> {
 
 pub(super) fn member_list(r: &MemberListResponse) -> String {
     render(
-        &["ID", "Status", "Name", "Peer Addrs", "Client Addrs", "Is Learner"],
+        &[
+            "ID",
+            "Status",
+            "Name",
+            "Peer Addrs",
+            "Client Addrs",
+            "Is Learner",
+        ],
         &member_rows(&r.members),
     )
 }
@@ -81,7 +92,14 @@ pub(super) fn endpoint_status(list: &[EpStatus]) -> String {
 pub(super) fn endpoint_health(list: &[EpHealth]) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
-        .map(|h| vec![h.endpoint.clone(), h.health.to_string(), h.took.clone(), h.error.clone()])
+        .map(|h| {
+            vec![
+                h.endpoint.clone(),
+                h.health.to_string(),
+                h.took.clone(),
+                h.error.clone(),
+            ]
+        })
         .collect();
     render(&["endpoint", "health", "took", "error"], &rows)
 }
@@ -92,8 +110,14 @@ fn width(s: &str) -> usize {
 
 /// Draws a table like tablewriter's `Render` with `SetAlignment(ALIGN_RIGHT)`.
 pub(super) fn render(header: &[&str], rows: &[Vec<String>]) -> String {
-    let headers: Vec<String> = header.iter().map(|h| h.replace('_', " ").to_uppercase()).collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| width(h).min(MAX_COL_WIDTH)).collect();
+    let headers: Vec<String> = header
+        .iter()
+        .map(|h| h.replace('_', " ").to_uppercase())
+        .collect();
+    let mut widths: Vec<usize> = headers
+        .iter()
+        .map(|h| width(h).min(MAX_COL_WIDTH))
+        .collect();
     // Cells are measured (and wrapped) row by row, each against the width reached so far,
     // as tablewriter does when rows are appended.
     let mut cells: Vec<Vec<Vec<String>>> = Vec::with_capacity(rows.len());
@@ -141,7 +165,10 @@ pub(super) fn render(header: &[&str], rows: &[Vec<String>]) -> String {
         for line in 0..height {
             out.push('|');
             for (col, w) in widths.iter().enumerate() {
-                let text = row.get(col).and_then(|c| c.get(line)).map_or("", String::as_str);
+                let text = row
+                    .get(col)
+                    .and_then(|c| c.get(line))
+                    .map_or("", String::as_str);
                 out.push(' ');
                 out.push_str(&" ".repeat(w.saturating_sub(width(text))));
                 out.push_str(text);
@@ -164,7 +191,11 @@ fn center(s: &str, w: usize) -> String {
 /// tablewriter's `WrapString`: splits on single spaces (newlines count as spaces) and
 /// breaks the words into lines of at most `limit` columns with the least raggedness.
 fn wrap(s: &str, limit: usize) -> Vec<String> {
-    let words: Vec<String> = s.replace('\n', " ").split(' ').map(str::to_string).collect();
+    let words: Vec<String> = s
+        .replace('\n', " ")
+        .split(' ')
+        .map(str::to_string)
+        .collect();
     let limit = words.iter().map(|w| width(w)).fold(limit, usize::max);
     wrap_words(&words, 1, limit, 100_000)
         .into_iter()
@@ -236,7 +267,10 @@ mod tests {
                 Member {
                     id: 0x5d4fcdda10591db7,
                     name: String::new(),
-                    peer_ur_ls: vec!["http://127.0.0.1:45001".into(), "http://127.0.0.1:45002".into()],
+                    peer_ur_ls: vec![
+                        "http://127.0.0.1:45001".into(),
+                        "http://127.0.0.1:45002".into(),
+                    ],
                     client_ur_ls: vec![],
                     is_learner: true,
                 },
@@ -258,7 +292,10 @@ mod tests {
         let list = [EpStatus {
             endpoint: "127.0.0.1:34791".into(),
             resp: StatusResponse {
-                header: Some(ResponseHeader { member_id: 0x3368474bd37dfece, ..Default::default() }),
+                header: Some(ResponseHeader {
+                    member_id: 0x3368474bd37dfece,
+                    ..Default::default()
+                }),
                 version: "3.4.23".into(),
                 db_size: 262144,
                 leader: 0x3368474bd37dfece,
