@@ -119,7 +119,9 @@ fn index_benches(c: &mut Criterion) {
     let n = n_keys();
     let keys: Vec<Vec<u8>> = {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        (0..n).map(|_| key(rng.random_range(0..usize::MAX / 2))).collect()
+        (0..n)
+            .map(|_| key(rng.random_range(0..usize::MAX / 2)))
+            .collect()
     };
     let mut group = c.benchmark_group(format!("index_{n}_keys"));
     group.sample_size(10);
@@ -149,10 +151,18 @@ fn index_benches(c: &mut Criterion) {
         std.insert(k.clone(), 1u64);
     }
     group.bench_function(BenchmarkId::new("get", "bplustree"), |b| {
-        b.iter(|| keys.iter().filter(|k| ours.get(k.as_slice()).is_some()).count())
+        b.iter(|| {
+            keys.iter()
+                .filter(|k| ours.get(k.as_slice()).is_some())
+                .count()
+        })
     });
     group.bench_function(BenchmarkId::new("get", "std_btreemap"), |b| {
-        b.iter(|| keys.iter().filter(|k| std.get(k.as_slice()).is_some()).count())
+        b.iter(|| {
+            keys.iter()
+                .filter(|k| std.contains_key(k.as_slice()))
+                .count()
+        })
     });
     group.bench_function(BenchmarkId::new("scan", "bplustree"), |b| {
         b.iter(|| {
@@ -161,7 +171,10 @@ fn index_benches(c: &mut Criterion) {
         })
     });
     group.bench_function(BenchmarkId::new("scan", "std_btreemap"), |b| {
-        b.iter(|| std.range::<[u8], _>((Bound::Unbounded, Bound::Unbounded)).count())
+        b.iter(|| {
+            std.range::<[u8], _>((Bound::Unbounded, Bound::Unbounded))
+                .count()
+        })
     });
     group.finish();
 }

@@ -145,7 +145,11 @@ impl Applier {
                 Applied::LeaseCheckpoint
             }
             Command::Alarm(req) => {
-                let member = if req.member_id == 0 { member_id } else { req.member_id };
+                let member = if req.member_id == 0 {
+                    member_id
+                } else {
+                    req.member_id
+                };
                 let alarms: Vec<AlarmMember> =
                     self.alarms.apply_persisted(store.backend(), &req, member)?;
                 Applied::Alarm(AlarmResponse {

@@ -100,11 +100,7 @@ pub struct Config {
     pub snapshot_count: u64,
 
     /// List of URLs to listen on for the metrics and health endpoints (/metrics, /health).
-    #[arg(
-        long,
-        env = "KVSTORE_LISTEN_METRICS_URLS",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "KVSTORE_LISTEN_METRICS_URLS", value_delimiter = ',')]
     pub listen_metrics_urls: Vec<String>,
 
     /// Interval between watch progress notifications to idle watchers that asked for them

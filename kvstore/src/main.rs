@@ -7,11 +7,8 @@ use kvstore::node::{serve, Node};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_new(format!(
-        "{level},kvstore={level}",
-        level = config.log_level
-    ))
-    .unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_new(format!("{level},kvstore={level}", level = config.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -111,7 +111,11 @@ impl Membership {
                 id,
                 Member {
                     id,
-                    client_urls: if n == name { client_urls.to_vec() } else { Vec::new() },
+                    client_urls: if n == name {
+                        client_urls.to_vec()
+                    } else {
+                        Vec::new()
+                    },
                     name: n,
                     peer_urls: urls,
                     is_learner: false,

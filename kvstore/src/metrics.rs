@@ -59,17 +59,61 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         Self {
-            range_total: counter(&r, "etcd_mvcc_range_total", "Total number of ranges seen by this member."),
-            put_total: counter(&r, "etcd_mvcc_put_total", "Total number of puts seen by this member."),
-            delete_total: counter(&r, "etcd_mvcc_delete_total", "Total number of deletes seen by this member."),
-            txn_total: counter(&r, "etcd_mvcc_txn_total", "Total number of txns seen by this member."),
-            watch_streams: gauge(&r, "etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams."),
-            watchers: gauge(&r, "etcd_debugging_mvcc_watcher_total", "Total number of watchers."),
-            has_leader: gauge(&r, "etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not."),
-            db_size: gauge(&r, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes."),
-            keys: gauge(&r, "etcd_debugging_mvcc_keys_total", "Total number of keys."),
-            current_revision: gauge(&r, "etcd_debugging_mvcc_current_revision", "The current revision of store."),
-            compact_revision: gauge(&r, "etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store."),
+            range_total: counter(
+                &r,
+                "etcd_mvcc_range_total",
+                "Total number of ranges seen by this member.",
+            ),
+            put_total: counter(
+                &r,
+                "etcd_mvcc_put_total",
+                "Total number of puts seen by this member.",
+            ),
+            delete_total: counter(
+                &r,
+                "etcd_mvcc_delete_total",
+                "Total number of deletes seen by this member.",
+            ),
+            txn_total: counter(
+                &r,
+                "etcd_mvcc_txn_total",
+                "Total number of txns seen by this member.",
+            ),
+            watch_streams: gauge(
+                &r,
+                "etcd_debugging_mvcc_watch_stream_total",
+                "Total number of watch streams.",
+            ),
+            watchers: gauge(
+                &r,
+                "etcd_debugging_mvcc_watcher_total",
+                "Total number of watchers.",
+            ),
+            has_leader: gauge(
+                &r,
+                "etcd_server_has_leader",
+                "Whether or not a leader exists. 1 is existence, 0 is not.",
+            ),
+            db_size: gauge(
+                &r,
+                "etcd_mvcc_db_total_size_in_bytes",
+                "Total size of the underlying database physically allocated in bytes.",
+            ),
+            keys: gauge(
+                &r,
+                "etcd_debugging_mvcc_keys_total",
+                "Total number of keys.",
+            ),
+            current_revision: gauge(
+                &r,
+                "etcd_debugging_mvcc_current_revision",
+                "The current revision of store.",
+            ),
+            compact_revision: gauge(
+                &r,
+                "etcd_debugging_mvcc_compact_revision",
+                "The revision of the last compaction in store.",
+            ),
             registry: r,
         }
     }

@@ -64,7 +64,10 @@ impl Node {
         )?;
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir).map_err(|e| {
-            Error::Config(format!("cannot create data dir {}: {e}", data_dir.display()))
+            Error::Config(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
         })?;
         let store = Arc::new(KvStore::open(
             &data_dir.join("db"),
@@ -139,11 +142,18 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
             .map_err(|e| Error::Config(format!("cannot listen on {url}: {e}")))?;
         tracing::info!(%url, "serving client requests");
         let routes = tonic::service::Routes::from(metrics::http_router(Arc::clone(&node)))
-            .add_service(KvServer::new(KvService::new(Arc::clone(&node))).max_decoding_message_size(max_msg))
-            .add_service(WatchServer::new(WatchService::new(Arc::clone(&node))).max_decoding_message_size(max_msg))
+            .add_service(
+                KvServer::new(KvService::new(Arc::clone(&node))).max_decoding_message_size(max_msg),
+            )
+            .add_service(
+                WatchServer::new(WatchService::new(Arc::clone(&node)))
+                    .max_decoding_message_size(max_msg),
+            )
             .add_service(LeaseServer::new(LeaseService::new(Arc::clone(&node))))
             .add_service(ClusterServer::new(ClusterService::new(Arc::clone(&node))))
-            .add_service(MaintenanceServer::new(MaintenanceService::new(Arc::clone(&node))))
+            .add_service(MaintenanceServer::new(MaintenanceService::new(Arc::clone(
+                &node,
+            ))))
             .add_service(AuthServer::new(AuthService));
         let shutdown = node.shutdown.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

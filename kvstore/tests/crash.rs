@@ -121,10 +121,17 @@ fn check(store: &KvStore, last_ack: Option<i64>) -> Option<i64> {
     let newest = keys.iter().map(|(_, v)| *v).max();
     if let Some(ack) = last_ack {
         let h = newest.expect("acknowledged transactions but an empty store");
-        assert!(h >= ack, "acknowledged txn {ack} lost: newest on disk is {h}");
+        assert!(
+            h >= ack,
+            "acknowledged txn {ack} lost: newest on disk is {h}"
+        );
     }
     let Some(h) = newest else {
-        assert_eq!(store.current_revision(), 1, "empty store must be at revision 1");
+        assert_eq!(
+            store.current_revision(),
+            1,
+            "empty store must be at revision 1"
+        );
         return None;
     };
     for i in 0..=h {
@@ -135,7 +142,10 @@ fn check(store: &KvStore, last_ack: Option<i64>) -> Option<i64> {
             "txn {i} has {present} of its keys on disk (newest {h}): half applied"
         );
         for (key, v) in keys.iter().filter(|(_, v)| *v == i) {
-            assert!(key.starts_with(&format!("t{v:08}/")), "key {key} has value {v}");
+            assert!(
+                key.starts_with(&format!("t{v:08}/")),
+                "key {key} has value {v}"
+            );
         }
     }
     assert_eq!(
@@ -164,7 +174,11 @@ fn acknowledged_transactions_survive_sigkill() {
         let stdout = child.stdout.take().expect("child stdout");
         // Kill after a random number of acknowledgements, or a random time, whichever first;
         // sometimes at once, to crash into recovery itself.
-        let acks_before_kill: i64 = if round % 5 == 0 { 0 } else { rng.random_range(1..200) };
+        let acks_before_kill: i64 = if round % 5 == 0 {
+            0
+        } else {
+            rng.random_range(1..200)
+        };
         let deadline = Instant::now() + Duration::from_millis(rng.random_range(5..400));
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
@@ -202,5 +216,8 @@ fn acknowledged_transactions_survive_sigkill() {
     }
     let store = KvStore::open(dir.path(), StoreOptions::default()).expect("final open");
     let newest = check(&store, last_ack).expect("some transactions were written");
-    assert!(newest > 50, "too few transactions written to exercise anything: {newest}");
+    assert!(
+        newest > 50,
+        "too few transactions written to exercise anything: {newest}"
+    );
 }

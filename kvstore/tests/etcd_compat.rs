@@ -62,13 +62,19 @@ fn start(binary: &str, client: u16, peer: u16) -> Server {
     ])
     .stdout(Stdio::null())
     .stderr(Stdio::null());
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("start {binary}: {e}"));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {binary}: {e}"));
     let server = Server { child, _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ok = Command::new(ETCDCTL)
             .env("ETCDCTL_API", "3")
-            .args([&format!("--endpoints=127.0.0.1:{client}"), "endpoint", "health"])
+            .args([
+                &format!("--endpoints=127.0.0.1:{client}"),
+                "endpoint",
+                "health",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -205,8 +211,18 @@ fn run_scenario(ctl: &Path, client: u16) -> (Vec<Outcome>, HashMap<String, Strin
         };
         let mut stdout = String::new();
         let mut stderr = String::new();
-        child.stdout.take().expect("stdout").read_to_string(&mut stdout).expect("read stdout");
-        child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read stderr");
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut stdout)
+            .expect("read stdout");
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("read stderr");
         if let Some(name) = capture {
             let id = stdout
                 .split_whitespace()
@@ -216,7 +232,12 @@ fn run_scenario(ctl: &Path, client: u16) -> (Vec<Outcome>, HashMap<String, Strin
                 .to_string();
             vars.insert(name, id);
         }
-        out.push(Outcome { line: line.to_string(), stdout, stderr, code });
+        out.push(Outcome {
+            line: line.to_string(),
+            stdout,
+            stderr,
+            code,
+        });
     }
     (out, vars)
 }
@@ -331,7 +352,12 @@ fn etcdctl_and_kvctl_see_kvstore_as_they_see_etcd() {
     if let Some(path) = std::env::var_os("KVSTORE_COMPAT_DUMP") {
         let dump: String = reference
             .iter()
-            .map(|o| format!("$ {}\n{}{}[exit {:?}]\n", o.line, o.stdout, o.stderr, o.code))
+            .map(|o| {
+                format!(
+                    "$ {}\n{}{}[exit {:?}]\n",
+                    o.line, o.stdout, o.stderr, o.code
+                )
+            })
             .collect();
         std::fs::write(path, dump).expect("write the dump");
     }

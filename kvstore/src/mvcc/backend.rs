@@ -99,9 +99,7 @@ impl Backend {
 
     /// The encoded KeyValue stored at a revision (live or tombstone), if present.
     pub fn get_revision(&self, rev: Revision, tombstone: bool) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .db
-            .get_cf(&self.cf(CF_KV), rev.encode_key(tombstone))?)
+        Ok(self.db.get_cf(&self.cf(CF_KV), rev.encode_key(tombstone))?)
     }
 
     /// Approximate bytes on disk of the whole database (SST files plus memtables).

@@ -41,7 +41,12 @@ impl KvStore {
                 return Err(Error::FutureRevision);
             }
             let rev = if rev == 0 { current } else { rev };
-            (index.keep(rev), self.backend.db().snapshot(), current, compacted)
+            (
+                index.keep(rev),
+                self.backend.db().snapshot(),
+                current,
+                compacted,
+            )
         };
         let rev = if rev == 0 { current } else { rev };
         let upper = Revision::new(rev + 1, 0);

@@ -29,15 +29,29 @@ const LEASES: &[i64] = &[1, 2];
 /// One step of a test.
 #[derive(Clone, Debug)]
 enum Op {
-    Put { key: usize, value: u8, lease: usize },
-    Delete { key: usize, end: End },
+    Put {
+        key: usize,
+        value: u8,
+        lease: usize,
+    },
+    Delete {
+        key: usize,
+        end: End,
+    },
     Range(RangeSpec),
     /// A transaction: compare one key's version, then put/delete distinct keys or read.
-    Txn { cmp_key: usize, cmp_version: i64, then_keys: Vec<usize>, else_read: usize },
+    Txn {
+        cmp_key: usize,
+        cmp_version: i64,
+        then_keys: Vec<usize>,
+        else_read: usize,
+    },
     Grant(usize),
     Revoke(usize),
     /// Compact at `current - back` (may be refused as compacted or future).
-    Compact { back: i64 },
+    Compact {
+        back: i64,
+    },
     Restart,
 }
 
@@ -100,10 +114,30 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         )
             .prop_map(Some),
     ];
-    let range = (key.clone(), end.clone(), 0i64..6, 0i64..4, sort, any::<bool>(), prop::bool::weighted(0.1), prop_oneof![4 => Just(0i64), 1 => 1i64..12])
-        .prop_map(|(key, end, back, limit, sort, keys_only, count_only, min_mod)| {
-            Op::Range(RangeSpec { key, end, back, limit, sort, keys_only, count_only, min_mod })
-        });
+    let range = (
+        key.clone(),
+        end.clone(),
+        0i64..6,
+        0i64..4,
+        sort,
+        any::<bool>(),
+        prop::bool::weighted(0.1),
+        prop_oneof![4 => Just(0i64), 1 => 1i64..12],
+    )
+        .prop_map(
+            |(key, end, back, limit, sort, keys_only, count_only, min_mod)| {
+                Op::Range(RangeSpec {
+                    key,
+                    end,
+                    back,
+                    limit,
+                    sort,
+                    keys_only,
+                    count_only,
+                    min_mod,
+                })
+            },
+        );
     prop_oneof![
         6 => (key.clone(), any::<u8>(), 0..(LEASES.len() + 3)).prop_map(|(key, value, lease)| Op::Put { key, value, lease }),
         2 => (key.clone(), end).prop_map(|(key, end)| Op::Delete { key, end }),
@@ -119,6 +153,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A change to one key in the model: `Some((value, lease))` puts, `None` deletes.
+type Change = (Vec<u8>, Option<(Vec<u8>, i64)>);
+
 /// etcd's semantics, naively: the whole key space at every revision.
 struct Model {
     /// `states[r]` is the key space at revision r (index 0 unused; revision 1 is empty).
@@ -129,7 +166,11 @@ struct Model {
 
 impl Model {
     fn new() -> Self {
-        Self { states: vec![BTreeMap::new(), BTreeMap::new()], compacted: 0, leases: BTreeSet::new() }
+        Self {
+            states: vec![BTreeMap::new(), BTreeMap::new()],
+            compacted: 0,
+            leases: BTreeSet::new(),
+        }
     }
 
     fn rev(&self) -> i64 {
@@ -149,7 +190,7 @@ impl Model {
     }
 
     /// Applies a list of changes (put = Some(value, lease), delete = None) as one revision.
-    fn commit(&mut self, changes: Vec<(Vec<u8>, Option<(Vec<u8>, i64)>)>) {
+    fn commit(&mut self, changes: Vec<Change>) {
         if changes.is_empty() {
             return;
         }
@@ -162,7 +203,17 @@ impl Model {
                         Some(kv) => (kv.create_revision, kv.version + 1),
                         None => (rev, 1),
                     };
-                    next.insert(key.clone(), KeyValue { key, create_revision: create, mod_revision: rev, version, value, lease });
+                    next.insert(
+                        key.clone(),
+                        KeyValue {
+                            key,
+                            create_revision: create,
+                            mod_revision: rev,
+                            version,
+                            value,
+                            lease,
+                        },
+                    );
                 }
                 None => {
                     next.remove(&key);
@@ -198,7 +249,10 @@ impl Model {
         if order == SortOrder::None && r.min_mod_revision == 0 && r.limit > 0 {
             all.truncate(r.limit as usize + 1);
         }
-        let mut kvs: Vec<KeyValue> = all.into_iter().filter(|kv| r.min_mod_revision == 0 || kv.mod_revision >= r.min_mod_revision).collect();
+        let mut kvs: Vec<KeyValue> = all
+            .into_iter()
+            .filter(|kv| r.min_mod_revision == 0 || kv.mod_revision >= r.min_mod_revision)
+            .collect();
         if target != SortTarget::Key && order == SortOrder::None {
             order = SortOrder::Ascend;
         }
@@ -213,7 +267,7 @@ impl Model {
         };
         match order {
             SortOrder::Ascend => kvs.sort_by_key(|kv| field(kv)),
-            SortOrder::Descend => kvs.sort_by(|a, b| field(b).cmp(&field(a))),
+            SortOrder::Descend => kvs.sort_by_key(|kv| std::cmp::Reverse(field(kv))),
             SortOrder::None => {}
         }
         let mut more = false;
@@ -237,7 +291,11 @@ fn range_request(spec: &RangeSpec, current: i64) -> RangeRequest {
         range_end: end_bytes(&key, spec.end),
         key,
         limit: spec.limit,
-        revision: if spec.back == 0 { 0 } else { current - spec.back + 1 },
+        revision: if spec.back == 0 {
+            0
+        } else {
+            current - spec.back + 1
+        },
         sort_order: order as i32,
         sort_target: target as i32,
         keys_only: spec.keys_only,
@@ -260,7 +318,9 @@ fn check<T: std::fmt::Debug + PartialEq>(
     match (&store, &model) {
         (Ok(a), Ok(b)) if a == b => Ok(()),
         (Err(a), Err(b)) if same_error(a, b) => Ok(()),
-        _ => Err(TestCaseError::fail(format!("{what}: store {store:?}, model {model:?}"))),
+        _ => Err(TestCaseError::fail(format!(
+            "{what}: store {store:?}, model {model:?}"
+        ))),
     }
 }
 
@@ -274,7 +334,9 @@ fn run(ops: &[Op], fault: Option<Fault>) -> Result<(), TestCaseError> {
         fault,
         ..StoreOptions::default()
     };
-    let open = || KvStore::open(dir.path(), options.clone()).map_err(|e| TestCaseError::fail(e.to_string()));
+    let open = || {
+        KvStore::open(dir.path(), options.clone()).map_err(|e| TestCaseError::fail(e.to_string()))
+    };
     let mut store = open()?;
     let mut model = Model::new();
     for (step, op) in ops.iter().enumerate() {
@@ -283,8 +345,16 @@ fn run(ops: &[Op], fault: Option<Fault>) -> Result<(), TestCaseError> {
             Op::Put { key, value, lease } => {
                 let lease = LEASES.get(*lease).copied().unwrap_or(0);
                 let key = KEYS[*key].to_vec();
-                let req = PutRequest { key: key.clone(), value: vec![*value], lease, prev_kv: true, ..PutRequest::default() };
-                let got = store.put(&req).map(|(r, _)| (r.prev_kv, r.header.map(|h| h.revision)));
+                let req = PutRequest {
+                    key: key.clone(),
+                    value: vec![*value],
+                    lease,
+                    prev_kv: true,
+                    ..PutRequest::default()
+                };
+                let got = store
+                    .put(&req)
+                    .map(|(r, _)| (r.prev_kv, r.header.map(|h| h.revision)));
                 let want = if lease != 0 && !model.leases.contains(&lease) {
                     Err(Error::LeaseNotFound)
                 } else {
@@ -297,12 +367,23 @@ fn run(ops: &[Op], fault: Option<Fault>) -> Result<(), TestCaseError> {
             Op::Delete { key, end } => {
                 let k = KEYS[*key].to_vec();
                 let end = end_bytes(&k, *end);
-                let req = DeleteRangeRequest { key: k.clone(), range_end: end.clone(), prev_kv: true };
-                let got = store.delete_range(&req).map(|(r, _)| (r.deleted, r.prev_kvs, r.header.map(|h| h.revision)));
+                let req = DeleteRangeRequest {
+                    key: k.clone(),
+                    range_end: end.clone(),
+                    prev_kv: true,
+                };
+                let got = store
+                    .delete_range(&req)
+                    .map(|(r, _)| (r.deleted, r.prev_kvs, r.header.map(|h| h.revision)));
                 let want = if !end.is_empty() && end != [0] && end < k {
                     Err(Error::InvalidRangeEnd)
                 } else {
-                    let prev: Vec<KeyValue> = model.latest().values().filter(|kv| Model::in_range(&kv.key, &k, &end)).cloned().collect();
+                    let prev: Vec<KeyValue> = model
+                        .latest()
+                        .values()
+                        .filter(|kv| Model::in_range(&kv.key, &k, &end))
+                        .cloned()
+                        .collect();
                     model.commit(prev.iter().map(|kv| (kv.key.clone(), None)).collect());
                     Ok((prev.len() as i64, prev, Some(model.rev())))
                 };
@@ -311,14 +392,21 @@ fn run(ops: &[Op], fault: Option<Fault>) -> Result<(), TestCaseError> {
             Op::Range(spec) => {
                 let req = range_request(spec, model.rev());
                 let got = store.range(&req).map(|r| (r.kvs, r.count, r.more));
-                let want = if !req.range_end.is_empty() && req.range_end != [0] && req.range_end < req.key {
-                    Err(Error::InvalidRangeEnd)
-                } else {
-                    model.range(&req)
-                };
+                let want =
+                    if !req.range_end.is_empty() && req.range_end != [0] && req.range_end < req.key
+                    {
+                        Err(Error::InvalidRangeEnd)
+                    } else {
+                        model.range(&req)
+                    };
                 check(&what, got, want)?;
             }
-            Op::Txn { cmp_key, cmp_version, then_keys, else_read } => {
+            Op::Txn {
+                cmp_key,
+                cmp_version,
+                then_keys,
+                else_read,
+            } => {
                 let cmp_k = KEYS[*cmp_key].to_vec();
                 let req = TxnRequest {
                     compare: vec![Compare {
@@ -333,21 +421,35 @@ fn run(ops: &[Op], fault: Option<Fault>) -> Result<(), TestCaseError> {
                         .enumerate()
                         .map(|(i, k)| RequestOp {
                             request: Some(if i % 2 == 0 {
-                                Request::RequestPut(PutRequest { key: KEYS[*k].to_vec(), value: b"txn".to_vec(), ..PutRequest::default() })
+                                Request::RequestPut(PutRequest {
+                                    key: KEYS[*k].to_vec(),
+                                    value: b"txn".to_vec(),
+                                    ..PutRequest::default()
+                                })
                             } else {
-                                Request::RequestDeleteRange(DeleteRangeRequest { key: KEYS[*k].to_vec(), ..DeleteRangeRequest::default() })
+                                Request::RequestDeleteRange(DeleteRangeRequest {
+                                    key: KEYS[*k].to_vec(),
+                                    ..DeleteRangeRequest::default()
+                                })
                             }),
                         })
                         .collect(),
                     failure: vec![RequestOp {
-                        request: Some(Request::RequestRange(RangeRequest { key: KEYS[*else_read].to_vec(), ..RangeRequest::default() })),
+                        request: Some(Request::RequestRange(RangeRequest {
+                            key: KEYS[*else_read].to_vec(),
+                            ..RangeRequest::default()
+                        })),
                     }],
                 };
                 let got = store.txn(&req).map(|(r, _)| {
-                    let reads: Vec<Vec<KeyValue>> = r.responses.iter().filter_map(|op| match &op.response {
-                        Some(Response::ResponseRange(rr)) => Some(rr.kvs.clone()),
-                        _ => None,
-                    }).collect();
+                    let reads: Vec<Vec<KeyValue>> = r
+                        .responses
+                        .iter()
+                        .filter_map(|op| match &op.response {
+                            Some(Response::ResponseRange(rr)) => Some(rr.kvs.clone()),
+                            _ => None,
+                        })
+                        .collect();
                     (r.succeeded, reads, r.header.map(|h| h.revision))
                 });
                 let version = model.latest().get(&cmp_k).map(|kv| kv.version).unwrap_or(0);
@@ -367,22 +469,42 @@ fn run(ops: &[Op], fault: Option<Fault>) -> Result<(), TestCaseError> {
                     model.commit(changes);
                     Ok((true, Vec::new(), Some(model.rev())))
                 } else {
-                    let kv: Vec<KeyValue> = model.latest().get(KEYS[*else_read]).cloned().into_iter().collect();
+                    let kv: Vec<KeyValue> = model
+                        .latest()
+                        .get(KEYS[*else_read])
+                        .cloned()
+                        .into_iter()
+                        .collect();
                     Ok((false, vec![kv], Some(model.rev())))
                 };
                 check(&what, got, want)?;
             }
             Op::Grant(i) => {
                 let id = LEASES[*i];
-                let got = store.lease_grant(LeaseRecord { id, ttl: 60, remaining_ttl: 0 }).map(|c| c.rev);
-                let want = if model.leases.insert(id) { Ok(model.rev()) } else { Err(Error::LeaseExists) };
+                let got = store
+                    .lease_grant(LeaseRecord {
+                        id,
+                        ttl: 60,
+                        remaining_ttl: 0,
+                    })
+                    .map(|c| c.rev);
+                let want = if model.leases.insert(id) {
+                    Ok(model.rev())
+                } else {
+                    Err(Error::LeaseExists)
+                };
                 check(&what, got, want)?;
             }
             Op::Revoke(i) => {
                 let id = LEASES[*i];
                 let got = store.lease_revoke(id).map(|c| c.rev);
                 let want = if model.leases.remove(&id) {
-                    let doomed = model.latest().values().filter(|kv| kv.lease == id).map(|kv| (kv.key.clone(), None)).collect();
+                    let doomed = model
+                        .latest()
+                        .values()
+                        .filter(|kv| kv.lease == id)
+                        .map(|kv| (kv.key.clone(), None))
+                        .collect();
                     model.commit(doomed);
                     Ok(model.rev())
                 } else {
@@ -408,7 +530,12 @@ fn run(ops: &[Op], fault: Option<Fault>) -> Result<(), TestCaseError> {
                     Ok(())
                 };
                 if let Ok((scheduled, removed)) = &got {
-                    prop_assert_eq!(scheduled, removed, "{}: hash changed by removing compacted data", what);
+                    prop_assert_eq!(
+                        scheduled,
+                        removed,
+                        "{}: hash changed by removing compacted data",
+                        what
+                    );
                 }
                 check(&what, got.map(|_| ()), want)?;
             }
@@ -418,12 +545,26 @@ fn run(ops: &[Op], fault: Option<Fault>) -> Result<(), TestCaseError> {
             }
         }
         prop_assert_eq!(store.current_revision(), model.rev(), "{}: revision", what);
-        prop_assert_eq!(store.compacted_revision(), model.compacted, "{}: compacted revision", what);
+        prop_assert_eq!(
+            store.compacted_revision(),
+            model.compacted,
+            "{}: compacted revision",
+            what
+        );
     }
     // Finally every historical revision still readable reads as the model says.
     for rev in model.compacted.max(1)..=model.rev() {
-        let req = RangeRequest { key: vec![0], range_end: vec![0], revision: rev, ..RangeRequest::default() };
-        check(&format!("final read at {rev}"), store.range(&req).map(|r| r.kvs), model.range(&req).map(|r| r.0))?;
+        let req = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            revision: rev,
+            ..RangeRequest::default()
+        };
+        check(
+            &format!("final read at {rev}"),
+            store.range(&req).map(|r| r.kvs),
+            model.range(&req).map(|r| r.0),
+        )?;
     }
     Ok(())
 }
@@ -443,16 +584,26 @@ proptest! {
 
 /// Runs the property with a fault injected and returns whether the test found it.
 fn finds(fault: Fault) -> bool {
-    let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases: 256,
+        failure_persistence: None,
+        ..Config::default()
+    });
     runner.run(&ops(), |ops| run(&ops, Some(fault))).is_err()
 }
 
 #[test]
 fn model_test_catches_compaction_dropping_latest_revision() {
-    assert!(finds(Fault::CompactionDropsLatest), "the model test missed a compaction that drops each key's latest revision");
+    assert!(
+        finds(Fault::CompactionDropsLatest),
+        "the model test missed a compaction that drops each key's latest revision"
+    );
 }
 
 #[test]
 fn model_test_catches_recreated_key_keeping_its_version() {
-    assert!(finds(Fault::RecreateKeepsVersion), "the model test missed a re-created key continuing the old version");
+    assert!(
+        finds(Fault::RecreateKeepsVersion),
+        "the model test missed a re-created key continuing the old version"
+    );
 }

@@ -208,7 +208,12 @@ impl KvStore {
                 let _ = index.restore_tombstone(&kv.key, rev);
                 key_lease.remove(&kv.key);
             } else {
-                index.restore(&kv.key, Revision::new(kv.create_revision, 0), rev, kv.version);
+                index.restore(
+                    &kv.key,
+                    Revision::new(kv.create_revision, 0),
+                    rev,
+                    kv.version,
+                );
                 if kv.lease != 0 {
                     key_lease.insert(kv.key.clone(), kv.lease);
                 } else {
@@ -522,7 +527,14 @@ impl WriteTxn<'_> {
         #[cfg(test)]
         if self.store.options.fault == Some(Fault::RecreateKeepsVersion) && version == 1 {
             if let Some(g) = index.generations_of(key) {
-                version = g.iter().rev().skip(1).map(|g| g.version).next().unwrap_or(0) + 1;
+                version = g
+                    .iter()
+                    .rev()
+                    .skip(1)
+                    .map(|g| g.version)
+                    .next()
+                    .unwrap_or(0)
+                    + 1;
             }
         }
         index.put(key, rev);
@@ -578,7 +590,8 @@ impl WriteTxn<'_> {
             rev.to_tombstone_key(),
             tomb.encode_to_vec(),
         );
-        self.lease_changes.push(LeaseChange::Detach { key: key.to_vec() });
+        self.lease_changes
+            .push(LeaseChange::Detach { key: key.to_vec() });
         self.record(kv, true);
     }
 
@@ -591,9 +604,10 @@ impl WriteTxn<'_> {
     /// Grants a lease (recorded with this transaction).
     pub fn grant_lease(&mut self, record: LeaseRecord) -> Result<()> {
         let exists = self.store.leases.read().contains(record.id)
-            || self.lease_changes.iter().any(
-                |c| matches!(c, LeaseChange::Grant(r) if r.id == record.id),
-            );
+            || self
+                .lease_changes
+                .iter()
+                .any(|c| matches!(c, LeaseChange::Grant(r) if r.id == record.id));
         if exists {
             return Err(Error::LeaseExists);
         }

@@ -336,7 +336,11 @@ fn int_target(u: &Option<TargetUnion>) -> i64 {
 /// etcd's `checkRange` over the chosen path: a read of a future or compacted revision fails the
 /// whole transaction before anything is written.
 fn check_ranges(t: &TxnRequest, path: &Path, begin_rev: i64, compacted: i64) -> Result<()> {
-    let ops = if path.succeeded { &t.success } else { &t.failure };
+    let ops = if path.succeeded {
+        &t.success
+    } else {
+        &t.failure
+    };
     let mut nested = path.nested.iter();
     for op in ops {
         match &op.request {
@@ -398,9 +402,12 @@ fn apply_txn(view: &mut View<'_, '_>, t: &TxnRequest, path: &Path) -> Result<Txn
 
 /// Whether no operation on either branch, at any depth, writes.
 pub fn is_read_only(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(Request::RequestRange(_)) | None => true,
-        Some(Request::RequestTxn(inner)) => is_read_only(inner),
-        Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(_)) | None => true,
+            Some(Request::RequestTxn(inner)) => is_read_only(inner),
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
+        })
 }

@@ -249,14 +249,20 @@ mod tests {
             ignore_value: true,
             ..Default::default()
         };
-        assert!(matches!(put(&r, Limits::default()), Err(Error::ValueProvided)));
+        assert!(matches!(
+            put(&r, Limits::default()),
+            Err(Error::ValueProvided)
+        ));
         let r = PutRequest {
             key: b"k".to_vec(),
             lease: 5,
             ignore_lease: true,
             ..Default::default()
         };
-        assert!(matches!(put(&r, Limits::default()), Err(Error::LeaseProvided)));
+        assert!(matches!(
+            put(&r, Limits::default()),
+            Err(Error::LeaseProvided)
+        ));
     }
 
     #[test]
@@ -266,6 +272,9 @@ mod tests {
             value: vec![0; 1536 * 1024 + 1],
             ..Default::default()
         };
-        assert!(matches!(put(&r, Limits::default()), Err(Error::RequestTooLarge)));
+        assert!(matches!(
+            put(&r, Limits::default()),
+            Err(Error::RequestTooLarge)
+        ));
     }
 }

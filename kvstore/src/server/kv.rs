@@ -5,12 +5,11 @@
 
 use std::sync::Arc;
 
-use kvstore_proto::etcdserverpb::{
-    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
-    TxnResponse,
-};
 use kvstore_proto::etcdserverpb::request_op::Request as Op;
+use kvstore_proto::etcdserverpb::{
+    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
 use tonic::{Request, Response, Status};
 
 use crate::apply::{Applied, Command};
@@ -32,11 +31,14 @@ impl KvService {
 
 /// Whether every read of a read-only transaction asked for serializable consistency.
 fn txn_serializable(req: &TxnRequest) -> bool {
-    req.success.iter().chain(&req.failure).all(|op| match &op.request {
-        Some(Op::RequestRange(r)) => r.serializable,
-        Some(Op::RequestTxn(t)) => txn_serializable(t),
-        _ => true,
-    })
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestRange(r)) => r.serializable,
+            Some(Op::RequestTxn(t)) => txn_serializable(t),
+            _ => true,
+        })
 }
 
 #[tonic::async_trait]
@@ -72,7 +74,12 @@ impl Kv for KvService {
         let req = req.into_inner();
         validate::delete_range(&req, self.node.store.limits())?;
         self.node.metrics.delete_total.inc();
-        match self.node.proposer.propose(Command::DeleteRange(req)).await? {
+        match self
+            .node
+            .proposer
+            .propose(Command::DeleteRange(req))
+            .await?
+        {
             Applied::DeleteRange(mut resp) => {
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))

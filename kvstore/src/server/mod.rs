@@ -3,7 +3,7 @@
 //! - [`kv`]: Range, Put, DeleteRange, Txn, Compact.
 //! - [`watch`]: the Watch stream.
 //! - [`lease`]: grants, revokes, keep-alives, TTL queries.
-//! - [`cluster`]: membership.
+//! - [`cluster`]: the member list (membership changes come with replication).
 //! - [`maintenance`]: status, hashes, alarms, defragmentation.
 //! - [`auth`]: reports authentication disabled.
 //! - [`status`]: the one mapping from errors to etcd's gRPC statuses.
