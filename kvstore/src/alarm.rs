@@ -43,6 +43,13 @@ impl Alarms {
         })
     }
 
+    /// Reloads the alarms from the backend (after a Raft snapshot replaced its contents).
+    pub fn reload(&self, backend: &Backend) -> mvcc::Result<()> {
+        let fresh = Self::load(backend)?;
+        *self.active.write() = fresh.active.into_inner();
+        Ok(())
+    }
+
     /// Fails a write with etcd's error while a NOSPACE or CORRUPT alarm is active.
     pub fn check_write(&self) -> Result<(), Error> {
         let active = self.active.read();

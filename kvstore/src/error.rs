@@ -30,6 +30,18 @@ pub enum Error {
     /// The feature is not implemented by this member yet.
     #[error("{0}")]
     Unimplemented(String),
+    /// A failure another member reported (a forwarded write failed on the leader): the gRPC
+    /// status code and etcd's message, passed on unchanged.
+    #[error("{message}")]
+    Remote {
+        /// The gRPC status code (`tonic::Code as i32`).
+        code: i32,
+        /// The message the leader gave.
+        message: String,
+    },
+    /// The leader changed while the request was in flight; it may or may not have applied.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     /// The configuration (flags, environment) is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

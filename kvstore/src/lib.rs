@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`mvcc`]: the revisioned store — etcd's revision model over our own B+tree index and RocksDB.
 //! - [`apply`]: commands, the state machine that applies them, and the proposer that orders them.
+//! - [`raft`]: Raft storage on openraft: the log, the vote, the state machine and snapshots.
 //! - [`alarm`]: NOSPACE and CORRUPT alarms.
 //! - [`watch`]: fan-out of committed changes to watchers.
 //! - [`lease`]: lease TTLs and expiry at run time.
@@ -22,6 +23,7 @@ pub mod membership;
 pub mod metrics;
 pub mod mvcc;
 pub mod node;
+pub mod raft;
 pub mod server;
 pub mod watch;
 

@@ -12,9 +12,7 @@ use kvstore::apply::{Applier, Command};
 use kvstore::mvcc::backend::CF_KV;
 use kvstore::mvcc::{KeyRange, KvStore, RangeOptions, StoreOptions};
 use kvstore::raft::state_machine::META_RAFT_APPLIED;
-use kvstore::raft::types::{
-    Entry, EntryPayload, LogId, Membership, StorageError, Vote,
-};
+use kvstore::raft::types::{Entry, EntryPayload, LogId, Membership, StorageError, Vote};
 use kvstore::raft::{AfterInstall, LogStore, MemberNode, Request, StateMachine, TypeConfig};
 use kvstore_proto::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, PutRequest,
@@ -172,7 +170,9 @@ async fn log_entries_vote_and_committed_survive_reopen() {
     );
     let entries = log.try_get_log_entries(1..=5).await.expect("read");
     assert_eq!(indexes(&entries), vec![1, 2, 3, 4, 5]);
-    assert!(matches!(&entries[2].payload, EntryPayload::Normal(Request(Command::Put(p))) if p.key == b"a"));
+    assert!(
+        matches!(&entries[2].payload, EntryPayload::Normal(Request(Command::Put(p))) if p.key == b"a")
+    );
     assert!(matches!(&entries[1].payload, EntryPayload::Membership(_)));
     let mut reader = log.get_log_reader().await;
     assert_eq!(
@@ -286,10 +286,7 @@ async fn applied_position_is_written_with_the_data() {
     let (applied, membership) = sm.applied_state().await.expect("applied");
     assert_eq!(applied, Some(log_id(1, 4)));
     assert_eq!(membership.log_id(), &Some(log_id(1, 1)));
-    assert_eq!(
-        membership.voter_ids().collect::<Vec<_>>(),
-        vec![MEMBER]
-    );
+    assert_eq!(membership.voter_ids().collect::<Vec<_>>(), vec![MEMBER]);
 }
 
 /// Applies a history with puts, deletes, a lease with an attached key and a compaction.
@@ -415,7 +412,11 @@ async fn snapshot_installed_into_a_fresh_store_has_the_same_history() {
     assert_eq!(leased.1, vec![b"leased".to_vec()]);
     let (hook, reloads) = counting_reload();
     let mut follower = open_sm(&reopened, follower_dir.path(), hook);
-    assert_eq!(reloads.load(Ordering::SeqCst), 0, "a finished install is not redone");
+    assert_eq!(
+        reloads.load(Ordering::SeqCst),
+        0,
+        "a finished install is not redone"
+    );
     assert_eq!(
         follower.applied_state().await.expect("applied").0,
         Some(log_id(1, last))

@@ -151,7 +151,7 @@ pub struct KvStore {
     observer: RwLock<Option<CommitObserver>>,
     /// Metadata the Raft layer wants written atomically with the next committed transaction
     /// (the log position of the entry being applied). Drained by the next commit.
-    apply_meta: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+    apply_meta: Mutex<StagedApply>,
     /// How the store was opened.
     pub(super) options: StoreOptions,
 }
@@ -171,15 +171,45 @@ impl KvStore {
             leases: RwLock::new(LeaseTable::default()),
             compaction: Mutex::new(()),
             observer: RwLock::new(None),
-            apply_meta: Mutex::new(Vec::new()),
+            apply_meta: Mutex::new(StagedApply::default()),
             options,
         };
         store.restore()?;
         Ok(store)
     }
 
-    /// Rebuilds the in-memory state from disk (etcd's `restore`).
+    /// Rebuilds the in-memory state from disk (etcd's `restore`), then finishes any
+    /// compaction a crash interrupted.
     fn restore(&self) -> Result<()> {
+        if let Some((rev, keep)) = self.rebuild()? {
+            tracing::info!(revision = rev, "resuming compaction interrupted by restart");
+            self.remove_compacted(rev, &keep)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole contents on disk with what `replace` writes (a Raft snapshot being
+    /// installed), then rebuilds the index, lease table and revisions from it. Writers and
+    /// compaction are excluded throughout, so no reader sees a mix of old and new state.
+    pub fn replace_contents<E: From<Error>>(
+        &self,
+        replace: impl FnOnce(&Backend) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let resume = {
+            let _compaction = self.compaction.lock();
+            let _writer = self.writer.lock();
+            replace(&self.backend)?;
+            self.rebuild()?
+        };
+        if let Some((rev, keep)) = resume {
+            self.remove_compacted(rev, &keep)?;
+        }
+        Ok(())
+    }
+
+    /// Loads index, leases and revisions from disk into memory. Returns the scheduled
+    /// compaction whose removal of old revisions has not finished, if any.
+    fn rebuild(&self) -> Result<Option<(i64, HashSet<Revision>)>> {
         let backend = &self.backend;
         let mut leases = LeaseTable::default();
         for item in backend
@@ -237,18 +267,14 @@ impl KvStore {
         *self.leases.write() = leases;
         self.current_rev.store(current, Ordering::Release);
         self.consistent_index.store(ci, Ordering::Release);
+        self.compacted_rev.store(scheduled, Ordering::Release);
         if scheduled > 0 {
-            self.compacted_rev.store(scheduled, Ordering::Release);
             let keep = self.index.write().compact(scheduled);
             if scheduled != finished {
-                tracing::info!(
-                    revision = scheduled,
-                    "resuming compaction interrupted by restart"
-                );
-                self.remove_compacted(scheduled, &keep)?;
+                return Ok(Some((scheduled, keep)));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The newest committed main revision.
@@ -285,23 +311,31 @@ impl KvStore {
     /// next committed write transaction. The Raft state machine records the applied log
     /// position this way, so data and position never disagree after a crash.
     pub fn stage_apply_meta(&self, meta: Vec<(Vec<u8>, Vec<u8>)>) {
-        *self.apply_meta.lock() = meta;
+        *self.apply_meta.lock() = StagedApply { index: None, meta };
+    }
+
+    /// Like [`KvStore::stage_apply_meta`], also recording `index` as the consistent index
+    /// (on disk and, once written, in [`KvStore::consistent_index`]).
+    pub fn stage_apply_position(&self, index: u64, meta: Vec<(Vec<u8>, Vec<u8>)>) {
+        *self.apply_meta.lock() = StagedApply {
+            index: Some(index),
+            meta,
+        };
     }
 
     /// Writes staged apply metadata that no transaction consumed (the command changed
     /// nothing), in a batch of its own.
     pub fn flush_apply_meta(&self) -> Result<()> {
         let _writer = self.writer.lock();
-        let meta = std::mem::take(&mut *self.apply_meta.lock());
-        if meta.is_empty() {
+        let staged = std::mem::take(&mut *self.apply_meta.lock());
+        if staged.is_empty() {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
-        let cf = self.backend.cf(CF_META);
-        for (k, v) in meta {
-            batch.put_cf(&cf, k, v);
-        }
-        self.backend.write(batch)
+        staged.add_to(&mut batch, &self.backend.cf(CF_META));
+        self.backend.write(batch)?;
+        staged.publish(self);
+        Ok(())
     }
 
     /// Reads the keys in `range` as of `opts.rev` (etcd's `rangeKeys`).
@@ -442,6 +476,40 @@ impl KvStore {
         self.backend.write(batch)?;
         self.compacted_rev.store(rev, Ordering::Release);
         Ok(self.index.write().compact(rev))
+    }
+}
+
+/// Metadata staged by the Raft layer for the next write (see [`KvStore::stage_apply_meta`]).
+#[derive(Default)]
+struct StagedApply {
+    /// The consistent index to record, if any.
+    index: Option<u64>,
+    /// `meta` column family entries to write.
+    meta: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl StagedApply {
+    fn is_empty(&self) -> bool {
+        self.index.is_none() && self.meta.is_empty()
+    }
+
+    /// Adds the staged entries to a batch.
+    fn add_to(&self, batch: &mut WriteBatch, meta_cf: &impl rocksdb::AsColumnFamilyRef) {
+        if let Some(index) = self.index {
+            batch.put_cf(meta_cf, META_CONSISTENT_INDEX, encode_i64(index as i64));
+        }
+        for (k, v) in &self.meta {
+            batch.put_cf(meta_cf, k, v);
+        }
+    }
+
+    /// Makes the recorded index visible once its batch is durable.
+    fn publish(&self, store: &KvStore) {
+        if let Some(index) = self.index {
+            store
+                .consistent_index
+                .store(index as i64, Ordering::Release);
+        }
     }
 }
 
@@ -683,9 +751,7 @@ impl WriteTxn<'_> {
                 .put_cf(&meta, META_CONSISTENT_INDEX, encode_i64(ci as i64));
         }
         let staged = std::mem::take(&mut *self.store.apply_meta.lock());
-        for (k, v) in &staged {
-            self.batch.put_cf(&meta, k, v);
-        }
+        staged.add_to(&mut self.batch, &meta);
         drop(meta);
         if self.batch.is_empty() {
             self.done = true;
@@ -702,6 +768,7 @@ impl WriteTxn<'_> {
             return Err(err);
         }
         self.done = true;
+        staged.publish(self.store);
         let lease_changes = std::mem::take(&mut self.lease_changes);
         self.store.leases.write().apply(lease_changes);
         if let Some(ci) = self.consistent_index {

@@ -26,7 +26,10 @@ impl From<Error> for Status {
             Error::NoSpace => Code::ResourceExhausted,
             Error::Corrupt => Code::DataLoss,
             Error::LeaseTtlTooLarge => Code::OutOfRange,
-            Error::NoLeader | Error::Timeout | Error::Stopped => Code::Unavailable,
+            Error::NoLeader | Error::Timeout | Error::Stopped | Error::LeaderChanged => {
+                Code::Unavailable
+            }
+            Error::Remote { code, .. } => Code::from_i32(*code),
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Config(_) | Error::Internal(_) => Code::Internal,
         };

@@ -1,0 +1,368 @@
+//! The Raft log and hard state, in the member's RocksDB next to the data they order.
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `raft_log` | entry index, big-endian `u64` (so byte order is log order) | postcard [`Entry`] |
+//! | `raft_state` | `vote` | postcard [`Vote`] |
+//! | `raft_state` | `committed` | postcard `Option<LogId>` |
+//! | `raft_state` | `last_purged` | postcard [`LogId`] |
+//!
+//! # Durability
+//! - **Append** is the one fsync on the write path. All entries of one call go into one
+//!   `WriteBatch`, written unsynced (so they are readable at once, as openraft requires), then
+//!   a dedicated sync thread calls `FlushWAL(sync)` and only then completes the call's
+//!   [`LogFlushed`] callback. The thread takes every callback queued while it was syncing, so
+//!   one fsync acknowledges several appends (group commit across calls as well as within one).
+//!   RocksDB's WAL is a single ordered stream, so a sync makes everything written before it
+//!   durable, including the state machine's unsynced applies.
+//! - **Vote** is written with `sync` before `save_vote` returns: a member must never forget a
+//!   vote it granted, or it could vote twice in one term.
+//! - **Committed** is written unsynced: losing it only means waiting for the leader to repeat it.
+//! - **Truncate** (removing a follower's conflicting suffix) is unsynced: nothing is
+//!   acknowledged on top of it before the next append's fsync, which makes it durable too.
+//! - **Purge** is synced. It runs after a snapshot covers the purged entries; syncing it also
+//!   makes durable the (unsynced) applies the snapshot reflects, so a crash can never leave the
+//!   state machine behind the first entry still in the log.
+
+// `StorageError` is openraft's error, required by its traits; boxing it in the helpers only to
+// unbox it at the trait boundary would buy nothing.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use openraft::storage::{RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
+
+use super::codec::{self, log_index, log_key, LOG_KEY_END};
+use super::types::{
+    Entry, LogFlushed, LogId, LogState, StorageError, StorageIOError, TypeConfig, Vote,
+};
+use crate::mvcc::backend::{CF_RAFT_LOG, CF_RAFT_STATE};
+use crate::mvcc::KvStore;
+
+/// `raft_state` key of the vote.
+const KEY_VOTE: &[u8] = b"vote";
+/// `raft_state` key of the last committed log id.
+const KEY_COMMITTED: &[u8] = b"committed";
+/// `raft_state` key of the last purged log id.
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// The Raft log store of one member: [`RaftLogStorage`] over the `raft_log` and `raft_state`
+/// column families of the member's database.
+pub struct LogStore {
+    /// Reads shared with replication tasks.
+    reader: LogReader,
+    /// The sync thread and the queue of appends waiting for its next fsync. `None` only while
+    /// being dropped.
+    syncer: Option<Syncer>,
+}
+
+/// The thread that makes appends durable and completes their callbacks, in order.
+struct Syncer {
+    /// Appends written but not yet synced.
+    queue: mpsc::Sender<LogFlushed>,
+    /// Joined on drop, so the database is closed when the store is.
+    thread: JoinHandle<()>,
+}
+
+/// A read handle on the log, for openraft's replication tasks (cheap to clone).
+#[derive(Clone)]
+pub struct LogReader {
+    /// The store whose database holds the log.
+    store: Arc<KvStore>,
+}
+
+impl LogStore {
+    /// A log store on `store`'s database; starts its sync thread.
+    pub fn open(store: Arc<KvStore>) -> Result<Self, StorageError> {
+        let (queue, pending) = mpsc::channel();
+        let sync_store = Arc::clone(&store);
+        let thread = std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || sync_loop(&sync_store, &pending))
+            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        Ok(Self {
+            reader: LogReader { store },
+            syncer: Some(Syncer { queue, thread }),
+        })
+    }
+
+    fn store(&self) -> &KvStore {
+        &self.reader.store
+    }
+
+    /// Reads a `raft_state` value.
+    fn read_state<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        subject: ErrorSubject<u64>,
+    ) -> Result<Option<T>, StorageError> {
+        let backend = self.store().backend();
+        let err = |e: &(dyn std::error::Error + 'static)| {
+            StorageError::from(StorageIOError::new(
+                subject.clone(),
+                ErrorVerb::Read,
+                AnyError::from_dyn(e, None),
+            ))
+        };
+        let Some(bytes) = backend
+            .db()
+            .get_pinned_cf(&backend.cf(CF_RAFT_STATE), key)
+            .map_err(|e| err(&e))?
+        else {
+            return Ok(None);
+        };
+        codec::decode(&bytes).map(Some).map_err(|e| err(&e))
+    }
+
+    /// Writes a batch; with `sync`, on a blocking thread, returning once it is on disk.
+    async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        if !sync {
+            return self.store().backend().db().write_opt(batch, &opts);
+        }
+        let store = Arc::clone(&self.reader.store);
+        tokio::task::spawn_blocking(move || store.backend().db().write_opt(batch, &opts))
+            .await
+            .unwrap_or_else(|e| panic!("invariant: a log write task never panics: {e}"))
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        if let Some(Syncer { queue, thread }) = self.syncer.take() {
+            drop(queue);
+            if thread.join().is_err() {
+                tracing::error!("raft log sync thread panicked");
+            }
+        }
+    }
+}
+
+/// Syncs the WAL for every batch of queued appends, then completes their callbacks in order.
+fn sync_loop(store: &KvStore, pending: &mpsc::Receiver<LogFlushed>) {
+    while let Ok(first) = pending.recv() {
+        let mut group = vec![first];
+        group.extend(pending.try_iter());
+        let result = store.backend().db().flush_wal(true);
+        if let Err(err) = &result {
+            tracing::error!(cause = %err, "raft log fsync failed");
+        }
+        for callback in group {
+            callback.log_io_completed(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| io::Error::other(e.to_string())),
+            );
+        }
+    }
+}
+
+/// The read error of the log.
+fn read_logs_err(e: &(dyn std::error::Error + 'static)) -> StorageError {
+    StorageIOError::read_logs(AnyError::from_dyn(e, None)).into()
+}
+
+/// The write error of the log.
+fn write_logs_err(e: &(dyn std::error::Error + 'static)) -> StorageError {
+    StorageIOError::write_logs(AnyError::from_dyn(e, None)).into()
+}
+
+impl LogReader {
+    /// Entries with index in `[start, end)` (`end` `None`: to the end of the log), in order.
+    fn entries(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+        let backend = self.store.backend();
+        let mut opts = ReadOptions::default();
+        if let Some(end) = end {
+            if end <= start {
+                return Ok(Vec::new());
+            }
+            opts.set_iterate_upper_bound(log_key(end));
+        }
+        let start_key = log_key(start);
+        let iter = backend.db().iterator_cf_opt(
+            &backend.cf(CF_RAFT_LOG),
+            opts,
+            IteratorMode::From(&start_key, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(|e| read_logs_err(&e))?;
+            let entry: Entry = codec::decode(&value).map_err(|e| read_logs_err(&e))?;
+            if log_index(&key) != Some(entry.log_id.index) {
+                return Err(read_logs_err(&io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("log entry {} stored under key {key:?}", entry.log_id),
+                )));
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.checked_add(1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        self.entries(start, end)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.reader.try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
+        let last_purged: Option<LogId> = self.read_state(KEY_LAST_PURGED, ErrorSubject::Logs)?;
+        let backend = self.store().backend();
+        let last = backend
+            .db()
+            .iterator_cf(&backend.cf(CF_RAFT_LOG), IteratorMode::End)
+            .next()
+            .transpose()
+            .map_err(|e| read_logs_err(&e))?;
+        let last_log_id = match last {
+            Some((_, value)) => {
+                let entry: Entry = codec::decode(&value).map_err(|e| read_logs_err(&e))?;
+                Some(*entry.get_log_id())
+            }
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        self.reader.clone()
+    }
+
+    /// Durable before returning (see the module's durability notes).
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let err = |e: &(dyn std::error::Error + 'static)| {
+            StorageIOError::write_vote(AnyError::from_dyn(e, None))
+        };
+        let bytes = codec::encode(vote).map_err(|e| err(&e))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(&self.store().backend().cf(CF_RAFT_STATE), KEY_VOTE, bytes);
+        self.write(batch, true).await.map_err(|e| err(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_state(KEY_VOTE, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let err = |e: &(dyn std::error::Error + 'static)| {
+            StorageIOError::new(
+                ErrorSubject::Store,
+                ErrorVerb::Write,
+                AnyError::from_dyn(e, None),
+            )
+        };
+        let bytes = codec::encode(&committed).map_err(|e| err(&e))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            &self.store().backend().cf(CF_RAFT_STATE),
+            KEY_COMMITTED,
+            bytes,
+        );
+        self.write(batch, false).await.map_err(|e| err(&e))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .read_state::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?
+            .flatten())
+    }
+
+    /// One batch for the call, readable on return; the callback fires after the fsync.
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        {
+            let cf = self.store().backend().cf(CF_RAFT_LOG);
+            for entry in entries {
+                let bytes = codec::encode(&entry).map_err(|e| write_logs_err(&e))?;
+                batch.put_cf(&cf, log_key(entry.log_id.index), bytes);
+            }
+        }
+        self.write(batch, false)
+            .await
+            .map_err(|e| write_logs_err(&e))?;
+        let Some(syncer) = &self.syncer else {
+            unreachable!("invariant: the sync thread lives as long as the log store");
+        };
+        if let Err(mpsc::SendError(callback)) = syncer.queue.send(callback) {
+            callback.log_io_completed(Err(io::Error::other("raft log sync thread stopped")));
+        }
+        Ok(())
+    }
+
+    /// Removes entries at and after `log_id` (a follower's conflicting suffix).
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            &self.store().backend().cf(CF_RAFT_LOG),
+            &log_key(log_id.index)[..],
+            &LOG_KEY_END[..],
+        );
+        self.write(batch, false)
+            .await
+            .map_err(|e| write_logs_err(&e))?;
+        Ok(())
+    }
+
+    /// Removes entries up to and including `log_id`, recording it as the last purged; synced.
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let bytes = codec::encode(&log_id).map_err(|e| write_logs_err(&e))?;
+        let mut batch = WriteBatch::default();
+        {
+            let backend = self.store().backend();
+            batch.put_cf(&backend.cf(CF_RAFT_STATE), KEY_LAST_PURGED, bytes);
+            let cf = backend.cf(CF_RAFT_LOG);
+            match log_id.index.checked_add(1) {
+                Some(end) => batch.delete_range_cf(&cf, &log_key(0)[..], &log_key(end)[..]),
+                None => batch.delete_range_cf(&cf, &log_key(0)[..], &LOG_KEY_END[..]),
+            }
+        }
+        self.write(batch, true)
+            .await
+            .map_err(|e| write_logs_err(&e))?;
+        Ok(())
+    }
+}

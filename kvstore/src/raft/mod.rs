@@ -1,0 +1,32 @@
+//! Raft storage: the log, the hard state and the state machine of one member, on openraft 0.9
+//! (`storage-v2`), all in the member's one RocksDB.
+//!
+//! # Layout
+//! - [`types`]: the [`TypeConfig`], log entry data ([`Request`]) and apply result
+//!   ([`Response`]), the [`MemberNode`], and aliases for openraft's long generic names.
+//! - [`codec`]: byte encodings (postcard for Raft structures, protobuf for commands, big-endian
+//!   log keys).
+//! - [`log_store`]: [`LogStore`], the log and vote in the `raft_log` and `raft_state` column
+//!   families, with group-committed appends.
+//! - [`state_machine`]: [`StateMachine`], committed entries applied through the
+//!   [`Applier`](crate::apply::Applier), the applied position written with the data.
+//! - [`snapshot`]: the snapshot file format, building one from a RocksDB snapshot and
+//!   installing one.
+//!
+//! # Durability, in one place
+//! - The log append is the one fsync on the write path, shared by every entry of an append
+//!   and by appends queued behind it (group commit).
+//! - The vote is fsynced before it is acknowledged; purging the log is fsynced.
+//! - Applying is not synced: the data of an entry and its log id land in one `WriteBatch`, so
+//!   after a crash the store is at some applied entry, and openraft re-applies from the next.
+//! - Snapshots are fsynced files replaced by rename; an interrupted install is redone at open.
+
+pub mod codec;
+pub mod log_store;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+pub use log_store::{LogReader, LogStore};
+pub use state_machine::{AfterInstall, SnapshotBuilder, StateMachine};
+pub use types::{MemberNode, NodeId, Request, Response, TypeConfig};
