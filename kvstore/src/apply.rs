@@ -14,6 +14,7 @@ use kvstore_proto::etcdserverpb::{
     LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 use kvstore_proto::raftpb;
+use prost::Message;
 use tokio::sync::oneshot;
 
 use crate::alarm::Alarms;
@@ -38,6 +39,8 @@ pub enum Command {
     LeaseCheckpoint(Vec<(i64, i64)>),
     /// Maintenance.Alarm (activate or deactivate; GET is a read).
     Alarm(AlarmRequest),
+    /// A member publishes its name and client URLs (etcd's member attributes).
+    PublishMember(raftpb::MemberAttributes),
 }
 
 /// What applying a command produced. Headers carry only the revision; the server fills in
@@ -65,6 +68,8 @@ pub enum Applied {
     LeaseCheckpoint,
     /// Answer to [`Command::Alarm`].
     Alarm(AlarmResponse),
+    /// Answer to [`Command::PublishMember`].
+    PublishMember,
 }
 
 /// Applies commands to the store of this member.
@@ -143,6 +148,15 @@ impl Applier {
                 }
                 txn.commit()?;
                 Applied::LeaseCheckpoint
+            }
+            Command::PublishMember(attributes) => {
+                let mut txn = store.write();
+                txn.put_meta(
+                    crate::membership::attributes_key(attributes.id),
+                    attributes.encode_to_vec(),
+                );
+                txn.commit()?;
+                Applied::PublishMember
             }
             Command::Alarm(req) => {
                 let member = if req.member_id == 0 {
@@ -253,6 +267,7 @@ impl From<Command> for raftpb::Command {
                     .collect(),
             }),
             Command::Alarm(r) => R::Alarm(r),
+            Command::PublishMember(a) => R::MemberAttributes(a),
         };
         raftpb::Command {
             request: Some(request),
@@ -280,6 +295,7 @@ impl TryFrom<raftpb::Command> for Command {
                     .collect(),
             ),
             Some(R::Alarm(r)) => Command::Alarm(r),
+            Some(R::MemberAttributes(a)) => Command::PublishMember(a),
             None => return Err(crate::Error::Internal("command without a request".into())),
         })
     }

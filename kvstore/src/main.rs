@@ -45,7 +45,7 @@ async fn wait_for_signal() {
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     init_logging(&config);
-    let node = match Node::open(config) {
+    let node = match Node::open(config).await {
         Ok(node) => node,
         Err(err) => {
             eprintln!("kvstore: {err}");

@@ -34,6 +34,39 @@ pub struct Membership {
     pub members: BTreeMap<u64, Member>,
 }
 
+/// Prefix of the `meta` column family keys holding published member attributes.
+const ATTRIBUTES_PREFIX: &[u8] = b"member/";
+
+/// The `meta` key of a member's published attributes.
+pub fn attributes_key(id: u64) -> Vec<u8> {
+    let mut key = ATTRIBUTES_PREFIX.to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// Every member's published attributes (name and client URLs), by member ID.
+pub fn published_attributes(
+    backend: &crate::mvcc::backend::Backend,
+) -> Result<BTreeMap<u64, kvstore_proto::raftpb::MemberAttributes>, Error> {
+    use prost::Message;
+    let cf = backend.cf(crate::mvcc::backend::CF_META);
+    let mut out = BTreeMap::new();
+    let iter = backend.db().iterator_cf(
+        &cf,
+        rocksdb::IteratorMode::From(ATTRIBUTES_PREFIX, rocksdb::Direction::Forward),
+    );
+    for item in iter {
+        let (k, v) = item.map_err(crate::mvcc::Error::from)?;
+        if !k.starts_with(ATTRIBUTES_PREFIX) {
+            break;
+        }
+        let attrs = kvstore_proto::raftpb::MemberAttributes::decode(&*v)
+            .map_err(|e| Error::Internal(format!("member attributes: {e}")))?;
+        out.insert(attrs.id, attrs);
+    }
+    Ok(out)
+}
+
 /// etcd's `computeMemberId` (without the time salt used for members added later).
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     let mut urls = peer_urls.to_vec();

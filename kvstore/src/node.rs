@@ -1,8 +1,10 @@
 //! One member: its store, state machine, proposer, watch hub and lessor wired together, its
 //! listeners, and its graceful shutdown.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kvstore_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
@@ -13,12 +15,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::alarm::Alarms;
-use crate::apply::{Applier, LocalProposer, Proposer};
+use crate::apply::{Applier, Command, Proposer};
 use crate::config::{url_to_addr, Config};
 use crate::lease::{Lessor, LessorOptions};
 use crate::membership::Membership;
 use crate::metrics::{self, Metrics};
 use crate::mvcc::{KvStore, Limits, StoreOptions};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{PeerNetwork, PeerOptions, Peers};
+use crate::raft::proposer::{ProposerOptions, RaftProposer};
+use crate::raft::state_machine::{AfterInstall, StateMachine};
+use crate::raft::types::{MemberNode, Raft};
+use crate::server::peer::PeerService;
 use crate::server::{
     auth::AuthService, cluster::ClusterService, kv::KvService, lease::LeaseService,
     maintenance::MaintenanceService, watch::WatchService,
@@ -48,13 +56,17 @@ pub struct Node {
     pub watch_hub: Arc<WatchHub>,
     /// Expires leases.
     pub lessor: Arc<Lessor>,
+    /// This member's Raft node.
+    pub raft: Raft,
     /// Cancelled when the member shuts down.
     pub shutdown: CancellationToken,
 }
 
 impl Node {
-    /// Opens the data directory and builds the member (listeners are started by [`serve`]).
-    pub fn open(config: Config) -> Result<Arc<Self>, Error> {
+    /// Opens the data directory, starts Raft (bootstrapping a new cluster from
+    /// `--initial-cluster` on first start) and builds the member. Listeners are started by
+    /// [`serve`].
+    pub async fn open(config: Config) -> Result<Arc<Self>, Error> {
         let membership = Membership::from_initial_cluster(
             &config.initial_cluster,
             &config.initial_cluster_token,
@@ -69,10 +81,12 @@ impl Node {
                 data_dir.display()
             ))
         })?;
+        // Under Raft the log append is the one fsync on the write path; applying to the store
+        // is not synced, because a restart re-applies from the last applied index.
         let store = Arc::new(KvStore::open(
             &data_dir.join("db"),
             StoreOptions {
-                sync_writes: !config.unsafe_no_fsync,
+                sync_writes: false,
                 limits: Limits {
                     max_request_bytes: config.max_request_bytes,
                     max_txn_ops: config.max_txn_ops,
@@ -80,16 +94,48 @@ impl Node {
                 ..StoreOptions::default()
             },
         )?);
+        check_cluster_identity(&store, &membership)?;
         let alarms = Arc::new(Alarms::load(store.backend())?);
         let applier = Arc::new(Applier::new(Arc::clone(&store), Arc::clone(&alarms)));
-        let proposer: Arc<dyn Proposer> = Arc::new(LocalProposer::new(
-            applier,
-            membership.member_id,
-            store.current_revision() as u64,
-        ));
         let watch_hub = WatchHub::new(Arc::clone(&store));
+
+        let member_id = membership.member_id;
+        let peers = Peers::new(member_id, PeerOptions::default());
+        let log_store = LogStore::open(Arc::clone(&store)).map_err(raft_error)?;
+        let reload_alarms = Arc::clone(&alarms);
+        let after_install: AfterInstall = Arc::new(move |store: &KvStore| {
+            reload_alarms.reload(store.backend())?;
+            Ok(())
+        });
+        let state_machine = StateMachine::open(
+            Arc::clone(&store),
+            Arc::clone(&applier),
+            member_id,
+            &data_dir.join("snap"),
+            after_install,
+        )
+        .map_err(raft_error)?;
+        let raft_config = raft_config(&config)?;
+        let raft = Raft::new(
+            member_id,
+            Arc::new(raft_config),
+            PeerNetwork::new(Arc::clone(&peers)),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("starting raft: {e}")))?;
+        bootstrap(&raft, &config, &membership).await?;
+
+        let proposer: Arc<dyn Proposer> = Arc::new(RaftProposer::new(
+            raft.clone(),
+            Arc::clone(&peers),
+            ProposerOptions::default(),
+        ));
         let lessor = Lessor::new(Arc::clone(&store), Arc::clone(&proposer));
-        lessor.bind(LessorOptions::from_config(membership.member_id, &config));
+        lessor.bind(LessorOptions::from_config(member_id, &config));
+        follow_leadership(&raft, Arc::clone(&lessor));
+        wait_for_leader(&raft, Duration::from_millis(3 * config.election_timeout)).await;
         Ok(Arc::new(Self {
             config,
             store,
@@ -99,6 +145,7 @@ impl Node {
             metrics: Metrics::new(),
             watch_hub,
             lessor,
+            raft,
             shutdown: CancellationToken::new(),
         }))
     }
@@ -134,6 +181,26 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
     let max_msg = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut tasks = tokio::task::JoinSet::new();
     node.lessor.spawn(node.shutdown.clone());
+    tokio::spawn(publish_attributes(Arc::clone(&node)));
+
+    for url in &node.config.listen_peer_urls {
+        let addr = url_to_addr(url)?;
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {url}: {e}")))?;
+        tracing::info!(%url, "serving peer traffic");
+        let service = PeerService::new(node.raft.clone()).into_server();
+        let shutdown = node.shutdown.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+                .map_err(|e| Error::Internal(format!("peer listener: {e}")))
+        });
+    }
 
     for url in &node.config.listen_client_urls {
         let addr = url_to_addr(url)?;
@@ -207,11 +274,146 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
         }
     }
     node.lessor.checkpoint_all().await;
+    if let Err(err) = node.raft.shutdown().await {
+        tracing::warn!(cause = %err, "raft did not shut down cleanly");
+    }
     result
 }
 
+/// Tells the lessor about every change of leader as soon as Raft reports it.
+fn follow_leadership(raft: &Raft, lessor: Arc<Lessor>) {
+    let mut metrics = raft.metrics();
+    tokio::spawn(async move {
+        let mut leader = None;
+        loop {
+            let now = metrics.borrow_and_update().current_leader;
+            if now != leader {
+                leader = now;
+                lessor.leadership_changed();
+            }
+            if metrics.changed().await.is_err() {
+                return; // Raft shut down.
+            }
+        }
+    });
+}
+
+/// Waits until a leader is known, or `limit` passes (a member whose peers are not up yet
+/// still starts serving; its requests wait for a leader themselves).
+async fn wait_for_leader(raft: &Raft, limit: Duration) {
+    let mut metrics = raft.metrics();
+    let _ = tokio::time::timeout(limit, metrics.wait_for(|m| m.current_leader.is_some())).await;
+}
+
+/// openraft's configuration from etcd-style flags.
+fn raft_config(config: &Config) -> Result<openraft::Config, Error> {
+    openraft::Config {
+        cluster_name: config.initial_cluster_token.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        election_timeout_min: config.election_timeout,
+        election_timeout_max: config.election_timeout * 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+        max_in_snapshot_log_to_keep: 5000.min(config.snapshot_count),
+        ..openraft::Config::default()
+    }
+    .validate()
+    .map_err(|e| Error::Config(format!("raft settings: {e}")))
+}
+
+/// On the first start of a new cluster, every member initializes Raft with the same
+/// membership (openraft accepts the same initial membership on every member); a member that
+/// joins an existing cluster waits to be added by the leader.
+async fn bootstrap(raft: &Raft, config: &Config, membership: &Membership) -> Result<(), Error> {
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| Error::Internal(format!("raft: {e}")))?;
+    if initialized || config.initial_cluster_state != "new" {
+        return Ok(());
+    }
+    let members: BTreeMap<u64, MemberNode> = membership
+        .members
+        .iter()
+        .map(|(id, m)| (*id, MemberNode::from(m)))
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        // Another member's initial membership reached us first: same cluster, nothing to do.
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::InitializeError::NotAllowed(_),
+        )) => Ok(()),
+        Err(e) => Err(Error::Internal(format!("initializing raft: {e}"))),
+    }
+}
+
+/// Refuses to start on a data directory of another cluster (a different
+/// `--initial-cluster-token` or membership), as etcd does; records the identity on first start.
+fn check_cluster_identity(store: &KvStore, membership: &Membership) -> Result<(), Error> {
+    const META_IDENTITY: &[u8] = b"cluster_identity";
+    let backend = store.backend();
+    let cf = backend.cf(crate::mvcc::backend::CF_META);
+    let mut want = membership.cluster_id.to_be_bytes().to_vec();
+    want.extend_from_slice(&membership.member_id.to_be_bytes());
+    match backend
+        .db()
+        .get_cf(&cf, META_IDENTITY)
+        .map_err(crate::mvcc::Error::from)?
+    {
+        Some(have) if have == want => Ok(()),
+        Some(have) if have.len() == 16 => {
+            let mut cid = [0u8; 8];
+            cid.copy_from_slice(&have[..8]);
+            let mut mid = [0u8; 8];
+            mid.copy_from_slice(&have[8..]);
+            Err(Error::Config(format!(
+                "data dir belongs to member {:x} of cluster {:x}, but the flags describe member \
+                 {:x} of cluster {:x} (different --name, --initial-cluster or \
+                 --initial-cluster-token?)",
+                u64::from_be_bytes(mid),
+                u64::from_be_bytes(cid),
+                membership.member_id,
+                membership.cluster_id
+            )))
+        }
+        _ => {
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.put_cf(&cf, META_IDENTITY, want);
+            backend.write(batch)?;
+            Ok(())
+        }
+    }
+}
+
+/// Publishes this member's name and client URLs through the log once a leader is known, so
+/// every member's MemberList shows them (etcd's member attributes).
+async fn publish_attributes(node: Arc<Node>) {
+    let me = &node.membership.members[&node.membership.member_id];
+    let command = Command::PublishMember(kvstore_proto::raftpb::MemberAttributes {
+        id: me.id,
+        name: me.name.clone(),
+        client_urls: node.config.advertise_client_urls.clone(),
+    });
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            result = node.proposer.propose(command.clone()) => match result {
+                Ok(_) => return,
+                Err(err) => tracing::debug!(cause = %err, "publishing member attributes; will retry"),
+            },
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// A Raft storage error at start-up.
+fn raft_error(err: openraft::StorageError<u64>) -> Error {
+    Error::Internal(format!("raft storage: {err}"))
+}
+
 /// How long in-flight requests and open streams get to finish once shutdown starts.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Completes `SHUTDOWN_GRACE` after `shutdown` is cancelled.
 async fn grace_period_over(shutdown: &CancellationToken) {

@@ -388,6 +388,13 @@ impl Lessor {
         self.propose_checkpoints(checkpoints).await;
     }
 
+    /// Re-reads who leads, promoting or demoting at once. Called whenever Raft's leader
+    /// changes, so a new leader's lessor is primary before it applies any client request of its
+    /// term (the periodic tick is only a fallback).
+    pub fn leadership_changed(&self) {
+        self.update_role(Instant::now());
+    }
+
     /// Promotes or demotes the lessor to follow the proposer's view of the leader.
     fn update_role(&self, now: Instant) {
         let options = self.options.read().clone();

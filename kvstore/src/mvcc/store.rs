@@ -731,6 +731,13 @@ impl WriteTxn<'_> {
                 .any(|c| matches!(c, LeaseChange::Grant(r) if r.id == id))
     }
 
+    /// Writes a `meta` column family entry with this transaction (member attributes and
+    /// other small state kept beside the key space). Does not bump the revision.
+    pub fn put_meta(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.batch
+            .put_cf(&self.store.backend.cf(CF_META), key, value);
+    }
+
     /// Records the Raft index of the entry this transaction applies.
     pub fn set_consistent_index(&mut self, index: u64) {
         self.consistent_index = Some(index);

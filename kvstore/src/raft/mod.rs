@@ -12,6 +12,10 @@
 //!   [`Applier`](crate::apply::Applier), the applied position written with the data.
 //! - [`snapshot`]: the snapshot file format, building one from a RocksDB snapshot and
 //!   installing one.
+//! - [`network`]: [`PeerNetwork`], openraft's network over the peer service, with one cached
+//!   channel per peer ([`Peers`]), timeouts and back-off.
+//! - [`proposer`]: [`RaftProposer`], writes through the log (forwarded to the leader from a
+//!   follower) and read-index barriers for linearizable reads.
 //!
 //! # Durability, in one place
 //! - The log append is the one fsync on the write path, shared by every entry of an append
@@ -23,10 +27,14 @@
 
 pub mod codec;
 pub mod log_store;
+pub mod network;
+pub mod proposer;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
 pub use log_store::{LogReader, LogStore};
+pub use network::{PeerNetwork, PeerOptions, Peers};
+pub use proposer::{ProposerOptions, RaftProposer};
 pub use state_machine::{AfterInstall, SnapshotBuilder, StateMachine};
 pub use types::{MemberNode, NodeId, Request, Response, TypeConfig};

@@ -154,6 +154,7 @@ impl From<Result<Applied, crate::Error>> for Response {
             Ok(Applied::LeaseRevoke(r)) => R::LeaseRevoke(r),
             Ok(Applied::LeaseCheckpoint) => R::LeaseCheckpoint(raftpb::LeaseCheckpointResult {}),
             Ok(Applied::Alarm(r)) => R::Alarm(r),
+            Ok(Applied::PublishMember) => R::MemberAttributes(raftpb::MemberAttributesResult {}),
             Err(err) => {
                 let status = tonic::Status::from(err);
                 R::Error(raftpb::ApplyError {

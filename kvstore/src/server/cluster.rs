@@ -24,19 +24,26 @@ impl ClusterService {
         Self { node }
     }
 
-    fn members(&self) -> Vec<Member> {
-        self.node
-            .membership
-            .members
-            .values()
-            .map(|m| Member {
-                id: m.id,
-                name: m.name.clone(),
-                peer_ur_ls: m.peer_urls.clone(),
-                client_ur_ls: m.client_urls.clone(),
-                is_learner: m.is_learner,
+    /// Every member: voters and learners from Raft's membership, with the name and client URLs
+    /// each member published (empty until it has, as in etcd for an unstarted member).
+    fn members(&self) -> Result<Vec<Member>, Status> {
+        let metrics = self.node.raft.metrics();
+        let membership = metrics.borrow().membership_config.clone();
+        let published = crate::membership::published_attributes(self.node.store.backend())?;
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        Ok(membership
+            .nodes()
+            .map(|(id, node)| {
+                let attrs = published.get(id);
+                Member {
+                    id: *id,
+                    name: attrs.map(|a| a.name.clone()).unwrap_or_default(),
+                    peer_ur_ls: node.peer_urls.clone(),
+                    client_ur_ls: attrs.map(|a| a.client_urls.clone()).unwrap_or_default(),
+                    is_learner: !voters.contains(id),
+                }
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -70,7 +77,7 @@ impl Cluster for ClusterService {
         // etcd's Cluster service answers with a header that carries no revision.
         Ok(Response::new(MemberListResponse {
             header: Some(self.node.header(0)),
-            members: self.members(),
+            members: self.members()?,
         }))
     }
 

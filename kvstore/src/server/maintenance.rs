@@ -80,18 +80,31 @@ impl Maintenance for MaintenanceService {
                 format!("memberID:{} alarm:{} ", a.member_id, name)
             })
             .collect();
-        let applied = node.applied_index();
+        let (raft_index, applied, is_learner) = {
+            let metrics = node.raft.metrics();
+            let m = metrics.borrow();
+            let is_learner = !m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == m.id);
+            (
+                m.last_log_index.unwrap_or(0),
+                m.last_applied.map_or(0, |l| l.index),
+                is_learner,
+            )
+        };
         Ok(Response::new(StatusResponse {
             header: Some(node.header(node.store.current_revision())),
             version: ETCD_VERSION.to_string(),
             db_size,
             leader: node.proposer.leader().unwrap_or(0),
-            raft_index: applied,
+            raft_index,
             raft_term: node.proposer.term(),
             raft_applied_index: applied,
             errors,
             db_size_in_use: db_size,
-            is_learner: false,
+            is_learner,
         }))
     }
 

@@ -6,6 +6,7 @@
 //! - [`cluster`]: the member list (membership changes come with replication).
 //! - [`maintenance`]: status, hashes, alarms, defragmentation.
 //! - [`auth`]: reports authentication disabled.
+//! - [`peer`]: the peer service (`raftpb.Raft`) other members' Raft and forwarded writes use.
 //! - [`status`]: the one mapping from errors to etcd's gRPC statuses.
 
 pub mod auth;
@@ -13,5 +14,6 @@ pub mod cluster;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod peer;
 pub mod status;
 pub mod watch;

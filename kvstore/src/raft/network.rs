@@ -1,0 +1,559 @@
+//! The client side of the peer service: how this member's Raft reaches the others.
+//!
+//! - [`Peers`] holds one lazily connected gRPC [`Channel`] per peer, shared by everything that
+//!   talks to that peer: the replication stream, elections, read-index heartbeats, forwarded
+//!   writes and read indexes ([`RaftProposer`](super::proposer::RaftProposer)). A channel
+//!   connects on first use and reconnects by itself after the connection breaks.
+//! - [`PeerNetwork`] is openraft's [`RaftNetworkFactory`]; the [`PeerConnection`]s it hands
+//!   out are cheap (a cached channel and the target's address) because openraft asks for one
+//!   per election and per read index, not only per replication stream.
+//!
+//! # Wire
+//! AppendEntries, Vote and InstallSnapshot carry openraft's request, postcard-encoded, in
+//! `RaftMessage.data`; the reply carries `Result<response, RaftError>` the same way. A refusal
+//! by the remote Raft is therefore data ([`RemoteError`]), and a gRPC error always means the
+//! transport or the peer's server failed. Snapshots go chunk by chunk (openraft's default
+//! `full_snapshot` reads one `snapshot_max_chunk_size` chunk of the snapshot file at a time and
+//! sends it with [`RaftNetwork::install_snapshot`]), so neither side holds a whole snapshot.
+//!
+//! # Errors, timeouts and back-off
+//! openraft reacts to the kind of failure, so the kind is chosen with care:
+//! - [`Unreachable`]: the peer could not be reached (connection refused, no route, bad URL, or
+//!   the peer is inside its back-off window). openraft's replication then sleeps for
+//!   [`RaftNetwork::backoff`] before trying again.
+//! - [`Timeout`]: the RPC did not complete within openraft's hard TTL ([`RPCOption`]), which is
+//!   also sent as the gRPC deadline so the peer stops working on it too.
+//! - [`NetworkError`]: anything else on the way (a reset stream, an undecodable reply).
+//! - [`RemoteError`]: the peer's Raft answered with an error.
+//! - [`PayloadTooLarge`]: an append would exceed [`MAX_PEER_MESSAGE_BYTES`]; openraft retries
+//!   with fewer entries.
+//!
+//! Each peer also keeps its own health: after a failed attempt (unreachable or timed out) it
+//! refuses further attempts as [`Unreachable`] until an exponentially growing back-off expires
+//! ([`PeerOptions::backoff_min`] doubling up to [`PeerOptions::backoff_max`]). This covers what
+//! openraft's back-off does not: elections and read-index heartbeats (a new client each time)
+//! and timeouts (a black-holed peer), so a dead peer costs one attempt per back-off interval and
+//! one log line when it goes down and one when it comes back, not a line per heartbeat.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvstore_proto::raftpb::raft_client::RaftClient;
+use kvstore_proto::raftpb::RaftMessage;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::AnyError;
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use super::codec;
+use super::types::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    MemberNode, NodeId, TypeConfig, VoteRequest, VoteResponse,
+};
+
+/// Largest peer message, either way: comfortably above a snapshot chunk (openraft's default
+/// `snapshot_max_chunk_size` is 3 MiB) and a batch of appends of ordinary size. Larger appends
+/// are split ([`PayloadTooLarge`]); both ends of the peer service use this limit.
+pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
+
+/// An RPC error of the Raft network, with the remote API error `E`.
+type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, MemberNode, RaftError<NodeId, E>>;
+
+/// How this member connects to its peers.
+#[derive(Clone, Debug)]
+pub struct PeerOptions {
+    /// Longest a TCP connect may take; a black-holed peer fails after this, not never.
+    pub connect_timeout: Duration,
+    /// First back-off after a peer failed, doubled on each further failure.
+    pub backoff_min: Duration,
+    /// Longest back-off: a peer that comes back is noticed within this.
+    pub backoff_max: Duration,
+    /// HTTP/2 keep-alive ping interval, so a connection to a vanished peer is noticed while
+    /// idle instead of on the next RPC.
+    pub keepalive_interval: Duration,
+    /// How long a keep-alive ping may go unanswered before the connection is dropped.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for PeerOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The connections of this member to its peers, one per peer, shared by the Raft network and
+/// the proposer. Cheap to clone behind an `Arc`.
+pub struct Peers {
+    /// This member (the source of every RPC).
+    id: NodeId,
+    /// Connection settings.
+    options: PeerOptions,
+    /// One entry per peer ever contacted, replaced when its URL changes.
+    peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+}
+
+impl Peers {
+    /// The (initially empty) connections of member `id`.
+    pub fn new(id: NodeId, options: PeerOptions) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            options,
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This member's ID.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The connection to `target` at the first of `node`'s peer URLs, created (unconnected) on
+    /// first use. Must be called within a Tokio runtime.
+    pub fn peer(&self, target: NodeId, node: &MemberNode) -> Arc<Peer> {
+        let url = node.peer_urls.first().map(String::as_str).unwrap_or("");
+        let mut peers = self.peers.lock();
+        if let Some(peer) = peers.get(&target) {
+            if peer.url == url {
+                return Arc::clone(peer);
+            }
+        }
+        let peer = Arc::new(Peer::new(target, url, &self.options));
+        peers.insert(target, Arc::clone(&peer));
+        peer
+    }
+
+    /// Forgets `target` (removed from the cluster); its channel closes once unused.
+    pub fn remove(&self, target: NodeId) {
+        self.peers.lock().remove(&target);
+    }
+
+    /// The back-off schedule of this member's peers.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(ExponentialBackoff::new(
+            self.options.backoff_min,
+            self.options.backoff_max,
+        ))
+    }
+}
+
+/// One peer: its channel and whether it is reachable.
+pub struct Peer {
+    /// Its member ID.
+    id: NodeId,
+    /// The URL the channel connects to.
+    url: String,
+    /// The lazily connected channel; `Err` with the reason when the URL is unusable.
+    channel: Result<Channel, String>,
+    /// Back-off bounds, from [`PeerOptions`].
+    backoff: (Duration, Duration),
+    /// Recent failures; locked only briefly, never across an await.
+    health: Mutex<Health>,
+}
+
+/// What the last attempts to reach a peer did.
+#[derive(Debug, Default)]
+struct Health {
+    /// Failed attempts since the last success.
+    failures: u32,
+    /// Attempts before this instant are refused without touching the network.
+    retry_at: Option<Instant>,
+}
+
+impl Peer {
+    fn new(id: NodeId, url: &str, options: &PeerOptions) -> Self {
+        let channel = Endpoint::from_shared(url.to_owned())
+            .map(|endpoint| {
+                endpoint
+                    .connect_timeout(options.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(options.keepalive_interval)
+                    .keep_alive_timeout(options.keepalive_timeout)
+                    .keep_alive_while_idle(true)
+                    .http2_adaptive_window(true)
+                    .connect_lazy()
+            })
+            .map_err(|e| format!("invalid peer URL {url:?}: {e}"));
+        if let Err(cause) = &channel {
+            tracing::error!(peer = %id, %cause, "peer cannot be reached");
+        }
+        Self {
+            id,
+            url: url.to_owned(),
+            channel,
+            backoff: (options.backoff_min, options.backoff_max),
+            health: Mutex::new(Health::default()),
+        }
+    }
+
+    /// The peer's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A gRPC client of the peer service on this peer, if it may be tried now: not while its
+    /// back-off after a failure lasts (then [`Unreachable`], without touching the network).
+    pub fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
+        let channel = self
+            .channel
+            .as_ref()
+            .map_err(|cause| Unreachable::from(AnyError::error(cause)))?;
+        if let Some(retry_at) = self.health.lock().retry_at {
+            let now = Instant::now();
+            if now < retry_at {
+                return Err(Unreachable::from(AnyError::error(format!(
+                    "peer {} at {} is unreachable; next attempt in {:?}",
+                    self.id,
+                    self.url,
+                    retry_at - now
+                ))));
+            }
+        }
+        Ok(RaftClient::new(channel.clone())
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+    }
+
+    /// Records that an RPC got through (whatever the peer answered).
+    pub fn succeeded(&self) {
+        let mut health = self.health.lock();
+        if health.failures > 0 {
+            tracing::info!(peer = %self.id, url = %self.url, failures = health.failures, "peer reachable again");
+        }
+        *health = Health::default();
+    }
+
+    /// Records a failed attempt and starts (or lengthens) the back-off.
+    pub fn failed(&self, cause: &dyn std::fmt::Display) {
+        let mut health = self.health.lock();
+        health.failures = health.failures.saturating_add(1);
+        let delay = backoff_delay(self.backoff.0, self.backoff.1, health.failures);
+        health.retry_at = Some(Instant::now() + delay);
+        if health.failures == 1 {
+            tracing::warn!(peer = %self.id, url = %self.url, %cause, "peer unreachable; backing off");
+        } else {
+            tracing::debug!(peer = %self.id, failures = health.failures, ?delay, %cause, "peer still unreachable");
+        }
+    }
+
+    /// Starts tracking one attempt that may be cancelled by openraft's own timeout.
+    fn attempt(&self, ttl: Duration) -> Attempt<'_> {
+        Attempt {
+            peer: self,
+            started: Instant::now(),
+            ttl,
+            finished: false,
+        }
+    }
+}
+
+/// One RPC in flight. openraft drops the future of an RPC that outlives its hard TTL; if that
+/// happens, dropping this records a timeout, so a black-holed peer backs off like a dead one.
+struct Attempt<'a> {
+    peer: &'a Peer,
+    started: Instant,
+    ttl: Duration,
+    finished: bool,
+}
+
+impl Attempt<'_> {
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        // A future dropped well before its deadline was abandoned (a replication stream closed
+        // on a leader change), which says nothing about the peer.
+        if !self.finished && self.started.elapsed() >= self.ttl.mul_f32(0.9) {
+            self.peer.failed(&"timed out");
+        }
+    }
+}
+
+/// The `failures`-th back-off: `min` doubled per earlier failure, at most `max`.
+fn backoff_delay(min: Duration, max: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    min.saturating_mul(1 << doublings).min(max)
+}
+
+/// An endless exponential back-off, for openraft's replication.
+struct ExponentialBackoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl ExponentialBackoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Self { next: min, max }
+    }
+}
+
+impl Iterator for ExponentialBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let current = self.next;
+        self.next = self.next.saturating_mul(2).min(self.max);
+        Some(current)
+    }
+}
+
+/// openraft's network: hands out a [`PeerConnection`] per target over shared [`Peers`].
+#[derive(Clone)]
+pub struct PeerNetwork {
+    /// The connections, shared with the proposer.
+    peers: Arc<Peers>,
+}
+
+impl PeerNetwork {
+    /// A network over `peers`.
+    pub fn new(peers: Arc<Peers>) -> Self {
+        Self { peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerConnection {
+        PeerConnection {
+            source: self.peers.id,
+            target,
+            node: node.clone(),
+            peer: self.peers.peer(target, node),
+            peers: Arc::clone(&self.peers),
+        }
+    }
+}
+
+/// The Raft RPCs of one target, as openraft calls them.
+pub struct PeerConnection {
+    /// This member.
+    source: NodeId,
+    /// The peer's member ID.
+    target: NodeId,
+    /// The peer as the membership knows it (reported in remote errors).
+    node: MemberNode,
+    /// The shared connection to it.
+    peer: Arc<Peer>,
+    /// For the back-off schedule.
+    peers: Arc<Peers>,
+}
+
+/// Which Raft RPC a call is.
+#[derive(Clone, Copy, Debug)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl From<Rpc> for RPCTypes {
+    fn from(rpc: Rpc) -> Self {
+        match rpc {
+            Rpc::AppendEntries => RPCTypes::AppendEntries,
+            Rpc::Vote => RPCTypes::Vote,
+            Rpc::InstallSnapshot => RPCTypes::InstallSnapshot,
+        }
+    }
+}
+
+impl PeerConnection {
+    /// Sends one encoded Raft request and decodes the peer's `Result<Resp, RaftError<E>>`.
+    async fn call<Resp, E>(
+        &self,
+        rpc: Rpc,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcError<E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let mut client = self.peer.client()?;
+        let ttl = option.hard_ttl();
+        let mut request = tonic::Request::new(RaftMessage { data });
+        request.set_timeout(ttl);
+        let attempt = self.peer.attempt(ttl);
+        let sent = async {
+            match rpc {
+                Rpc::AppendEntries => client.append_entries(request).await,
+                Rpc::Vote => client.vote(request).await,
+                Rpc::InstallSnapshot => client.install_snapshot(request).await,
+            }
+        };
+        // The gRPC deadline only starts once connected; this one covers connecting too.
+        let result = tokio::time::timeout(ttl, sent).await;
+        attempt.finish();
+        let reply = match result {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) => return Err(self.transport_error(rpc, ttl, status)),
+            Err(_) => {
+                self.peer.failed(&"timed out");
+                return Err(self.timeout(rpc, ttl));
+            }
+        };
+        self.peer.succeeded();
+        let decoded: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+
+    /// The openraft error kind of a failed gRPC call.
+    fn transport_error<E: std::error::Error>(
+        &self,
+        rpc: Rpc,
+        ttl: Duration,
+        status: tonic::Status,
+    ) -> RpcError<E> {
+        match status.code() {
+            // Connection refused or reset, or the peer's server is shutting down.
+            Code::Unavailable => {
+                self.peer.failed(&status.message());
+                RPCError::Unreachable(Unreachable::new(&status))
+            }
+            Code::DeadlineExceeded | Code::Cancelled => {
+                self.peer.failed(&status.message());
+                self.timeout(rpc, ttl)
+            }
+            _ => {
+                tracing::debug!(peer = %self.target, ?rpc, %status, "peer RPC failed");
+                RPCError::Network(NetworkError::new(&status))
+            }
+        }
+    }
+
+    fn timeout<E: std::error::Error>(&self, rpc: Rpc, ttl: Duration) -> RpcError<E> {
+        RPCError::Timeout(Timeout {
+            action: rpc.into(),
+            id: self.source,
+            target: self.target,
+            timeout: ttl,
+        })
+    }
+}
+
+/// Encodes an outgoing Raft request; failing here is a bug, reported as a network error.
+fn encode<T: serde::Serialize, E: std::error::Error>(rpc: &T) -> Result<Vec<u8>, RpcError<E>> {
+    codec::encode(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse, RpcError> {
+        let entries = rpc.entries.len() as u64;
+        let data = encode(&rpc)?;
+        if data.len() > MAX_PEER_MESSAGE_BYTES && entries > 1 {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(entries / 2),
+            ));
+        }
+        self.call(Rpc::AppendEntries, data, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse, RpcError<InstallSnapshotError>> {
+        let data = encode(&rpc)?;
+        self.call(Rpc::InstallSnapshot, data, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest,
+        option: RPCOption,
+    ) -> Result<VoteResponse, RpcError> {
+        let data = encode(&rpc)?;
+        self.call(Rpc::Vote, data, &option).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.peers.backoff()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let min = Duration::from_millis(50);
+        let max = Duration::from_secs(2);
+        let delays: Vec<u64> = (1..=8)
+            .map(|n| backoff_delay(min, max, n).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, vec![50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(backoff_delay(min, max, u32::MAX), max);
+        let iter: Vec<u64> = ExponentialBackoff::new(min, max)
+            .take(7)
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(iter, vec![50, 100, 200, 400, 800, 1600, 2000]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_peer_is_refused_until_its_backoff_ends() {
+        let options = PeerOptions {
+            backoff_min: Duration::from_millis(40),
+            ..PeerOptions::default()
+        };
+        let peer = Peer::new(2, "http://127.0.0.1:1", &options);
+        assert!(peer.client().is_ok());
+        peer.failed(&"connection refused");
+        assert!(peer.client().is_err(), "inside the back-off window");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(peer.client().is_ok(), "the window is over");
+        peer.failed(&"connection refused");
+        peer.succeeded();
+        assert!(peer.client().is_ok(), "a success ends the back-off");
+    }
+
+    #[tokio::test]
+    async fn an_unusable_url_is_unreachable() {
+        let peer = Peer::new(2, "", &PeerOptions::default());
+        assert!(peer.client().is_err());
+    }
+
+    #[tokio::test]
+    async fn peers_reuse_a_channel_until_the_url_changes() {
+        let peers = Peers::new(1, PeerOptions::default());
+        let node = |url: &str| MemberNode {
+            name: "m2".into(),
+            peer_urls: vec![url.into()],
+            client_urls: vec![],
+        };
+        let a = peers.peer(2, &node("http://127.0.0.1:2380"));
+        let b = peers.peer(2, &node("http://127.0.0.1:2380"));
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = peers.peer(2, &node("http://127.0.0.1:2381"));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.url(), "http://127.0.0.1:2381");
+    }
+}

@@ -1,0 +1,627 @@
+//! [`RaftProposer`]: the [`Proposer`] of a replicated member. Writes go through the Raft log;
+//! linearizable reads wait for a read index.
+//!
+//! # Writes
+//! On the leader a command is a `client_write`: appended, replicated to a quorum, applied, and
+//! the leader's own result returned. A follower forwards the command to the leader it knows
+//! (peer service `Forward`) and returns the leader's result. A leader that has lost its
+//! leadership answers "not leader" *before* proposing anything, so the follower may safely try
+//! again once it learns the new leader; it never forwards on (no loops).
+//!
+//! A command whose fate is unknown is never retried and never answered with a guess: if the
+//! leader changed while it was in flight (its entry was truncated, the forward broke off after
+//! it was sent) the client gets etcd's retryable UNAVAILABLE error, exactly as etcd does. A
+//! truncated entry can still be committed by a later leader, so retrying it here could apply
+//! it twice.
+//!
+//! # Reads
+//! [`Proposer::read_barrier`] is Raft's read index: the leader confirms it is still leader with
+//! a round of heartbeats to a quorum and takes its commit index (at least its own term's first
+//! entry); a follower asks the leader for that index (peer service `ReadIndex`). Either way the
+//! read waits until this member has applied up to the index, then reads its own store.
+//!
+//! Every request has one deadline ([`ProposerOptions::request_timeout`], etcd's 5 s plus two
+//! election timeouts by default); past it the client gets "etcdserver: request timed out".
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvstore_proto::raftpb::{self, ForwardRequest, ReadIndexRequest};
+use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::RaftMetrics;
+use tokio::sync::{oneshot, watch};
+use tokio::time::{timeout_at, Instant};
+use tonic::Code;
+
+use super::network::Peers;
+use super::types::{MemberNode, NodeId, Raft, Request};
+use crate::apply::{Applied, Command, Proposer};
+use crate::Error;
+
+/// etcd's message for a request sent to a member that is not the leader (`ErrGRPCNotLeader`).
+pub const NOT_LEADER: &str = "etcdserver: not leader";
+/// etcd's message for a request whose leader lost leadership while it was in flight
+/// (`ErrGRPCLeaderChanged`).
+pub const LEADER_CHANGED: &str = "etcdserver: leader changed";
+
+/// First pause before asking again after the leader could not take a request.
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(20);
+/// Longest such pause.
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
+
+/// How long requests may take.
+#[derive(Clone, Debug)]
+pub struct ProposerOptions {
+    /// The deadline of one write or read barrier, waiting for a leader included.
+    pub request_timeout: Duration,
+}
+
+impl Default for ProposerOptions {
+    /// etcd's request timeout with its default election timeout: 5 s + 2 × 1 s.
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(7),
+        }
+    }
+}
+
+/// The proposer of a member of a replicated cluster.
+pub struct RaftProposer {
+    /// This member's Raft.
+    raft: Raft,
+    /// Connections to the other members, shared with the Raft network.
+    peers: Arc<Peers>,
+    /// This member's ID.
+    id: NodeId,
+    /// Raft's metrics: the leader, the term, the applied index, the membership.
+    metrics: watch::Receiver<RaftMetrics<NodeId, MemberNode>>,
+    /// Read-index rounds shared by concurrent reads (and by the peer service's `ReadIndex`).
+    reads: Arc<ReadIndexBatch>,
+    /// Deadlines.
+    options: ProposerOptions,
+}
+
+impl RaftProposer {
+    /// The proposer of `raft`, forwarding over `peers` (the same ones its network uses).
+    pub fn new(raft: Raft, peers: Arc<Peers>, options: ProposerOptions) -> Self {
+        let metrics = raft.metrics();
+        let id = peers.id();
+        Self {
+            raft,
+            peers,
+            id,
+            metrics,
+            reads: Arc::default(),
+            options,
+        }
+    }
+
+    /// The read-index rounds of this member, for its peer service to share.
+    pub fn read_index_batch(&self) -> Arc<ReadIndexBatch> {
+        Arc::clone(&self.reads)
+    }
+
+    /// The current leader and how to reach it, waiting for one until `deadline`.
+    async fn leader(&self, deadline: Instant) -> Result<(NodeId, Option<MemberNode>), Error> {
+        let mut metrics = self.metrics.clone();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if let Err(fatal) = &m.running_state {
+                    return Err(fatal_error(fatal));
+                }
+                if let Some(leader) = m.current_leader {
+                    let node = m.membership_config.membership().get_node(&leader).cloned();
+                    return Ok((leader, node));
+                }
+            }
+            match timeout_at(deadline, metrics.changed()).await {
+                Err(_) => return Err(Error::NoLeader),
+                Ok(Err(_)) => return Err(Error::Stopped),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// Proposes until `deadline` (enforced by the caller).
+    async fn propose_until(&self, command: Command, deadline: Instant) -> Result<Applied, Error> {
+        let mut pause = RetryPause::default();
+        loop {
+            let (leader, node) = self.leader(deadline).await?;
+            if leader == self.id {
+                return self.write_local(command).await;
+            }
+            let outcome = match &node {
+                Some(node) => self.forward(leader, node, &command, deadline).await,
+                None => Forwarded::NotSent(format!("leader {leader} is not in the membership")),
+            };
+            match outcome {
+                Forwarded::Applied(result) => return applied_from_result(result),
+                Forwarded::Unknown(err) => return Err(err),
+                Forwarded::NotSent(cause) => {
+                    tracing::debug!(%leader, %cause, "leader did not take a forwarded write; retrying");
+                    if !pause.wait(deadline).await {
+                        return Err(Error::NoLeader);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Proposes on this member, the leader.
+    async fn write_local(&self, command: Command) -> Result<Applied, Error> {
+        match self.raft.client_write(Request(command)).await {
+            Ok(response) => applied_from_result(response.data.0),
+            // Either refused before it was appended or truncated after: which one is unknown.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(leader_changed()),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(Error::Internal(format!("raft: {e}")))
+            }
+            Err(RaftError::Fatal(fatal)) => Err(fatal_error(&fatal)),
+        }
+    }
+
+    /// Sends the command to the leader's peer service.
+    async fn forward(
+        &self,
+        leader: NodeId,
+        node: &MemberNode,
+        command: &Command,
+        deadline: Instant,
+    ) -> Forwarded {
+        let peer = self.peers.peer(leader, node);
+        let mut client = match peer.client() {
+            Ok(client) => client,
+            Err(unreachable) => return Forwarded::NotSent(unreachable.to_string()),
+        };
+        let mut request = tonic::Request::new(ForwardRequest {
+            command: Some(raftpb::Command::from(command.clone())),
+        });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        match client.forward(request).await {
+            Ok(response) => {
+                peer.succeeded();
+                match response.into_inner().result {
+                    Some(result) if is_not_leader(&result) => Forwarded::NotSent(NOT_LEADER.into()),
+                    Some(result) => Forwarded::Applied(result),
+                    None => Forwarded::Unknown(Error::Internal(
+                        "forwarded write answered without a result".into(),
+                    )),
+                }
+            }
+            Err(status) if is_connect_error(&status) => {
+                peer.failed(&status.message());
+                Forwarded::NotSent(status.message().to_owned())
+            }
+            Err(status) => match status.code() {
+                Code::DeadlineExceeded | Code::Cancelled => Forwarded::Unknown(Error::Timeout),
+                Code::Unavailable => {
+                    peer.failed(&status.message());
+                    Forwarded::Unknown(leader_changed())
+                }
+                _ => Forwarded::Unknown(Error::Internal(format!(
+                    "forwarding to the leader: {status}"
+                ))),
+            },
+        }
+    }
+
+    /// Confirms a read index and waits for it, until `deadline` (enforced by the caller).
+    async fn read_barrier_until(&self, deadline: Instant) -> Result<(), Error> {
+        let mut pause = RetryPause::default();
+        loop {
+            let (leader, node) = self.leader(deadline).await?;
+            let index = self
+                .reads
+                .run(|| async {
+                    if leader == self.id {
+                        leader_read_index(&self.raft).await
+                    } else if let Some(node) = &node {
+                        self.remote_read_index(leader, node, deadline).await
+                    } else {
+                        Err(ReadIndexError::Retry(format!(
+                            "leader {leader} is not in the membership"
+                        )))
+                    }
+                })
+                .await;
+            match index {
+                Ok(index) => return self.wait_applied(index, deadline).await,
+                Err(ReadIndexError::Fail(err)) => return Err(err),
+                // A read changes nothing, so asking again is always safe.
+                Err(ReadIndexError::Retry(cause)) => {
+                    tracing::debug!(%leader, %cause, "read index not confirmed; retrying");
+                    if !pause.wait(deadline).await {
+                        return Err(Error::Timeout);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The read index, asked of the leader.
+    async fn remote_read_index(
+        &self,
+        leader: NodeId,
+        node: &MemberNode,
+        deadline: Instant,
+    ) -> Result<Option<u64>, ReadIndexError> {
+        let peer = self.peers.peer(leader, node);
+        let mut client = peer
+            .client()
+            .map_err(|e| ReadIndexError::Retry(e.to_string()))?;
+        let mut request = tonic::Request::new(ReadIndexRequest {});
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        match client.read_index(request).await {
+            Ok(response) => {
+                peer.succeeded();
+                Ok(Some(response.into_inner().index))
+            }
+            Err(status) => {
+                if is_connect_error(&status) {
+                    peer.failed(&status.message());
+                }
+                Err(ReadIndexError::Retry(status.to_string()))
+            }
+        }
+    }
+
+    /// Waits until this member has applied the entry at `index`.
+    async fn wait_applied(&self, index: Option<u64>, deadline: Instant) -> Result<(), Error> {
+        let Some(index) = index else {
+            return Ok(());
+        };
+        let mut metrics = self.metrics.clone();
+        let reached = timeout_at(
+            deadline,
+            metrics.wait_for(|m| m.last_applied.as_ref().map(|id| id.index) >= Some(index)),
+        )
+        .await
+        .map(|r| r.map(|_| ()));
+        match reached {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Proposer for RaftProposer {
+    async fn propose(&self, command: Command) -> Result<Applied, Error> {
+        let deadline = Instant::now() + self.options.request_timeout;
+        timeout_at(deadline, self.propose_until(command, deadline))
+            .await
+            .unwrap_or(Err(Error::Timeout))
+    }
+
+    async fn read_barrier(&self) -> Result<(), Error> {
+        let deadline = Instant::now() + self.options.request_timeout;
+        timeout_at(deadline, self.read_barrier_until(deadline))
+            .await
+            .unwrap_or(Err(Error::Timeout))
+    }
+
+    fn term(&self) -> u64 {
+        self.metrics.borrow().current_term
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.metrics.borrow().current_leader
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.metrics
+            .borrow()
+            .last_applied
+            .as_ref()
+            .map_or(0, |id| id.index)
+    }
+}
+
+/// What became of a forwarded write.
+enum Forwarded {
+    /// The leader applied it (successfully or not): its result.
+    Applied(raftpb::ApplyResult),
+    /// It was certainly not proposed (the leader was unreachable, or not the leader any more).
+    NotSent(String),
+    /// It may or may not have been applied.
+    Unknown(Error),
+}
+
+/// Why a read index was not obtained.
+#[derive(Debug)]
+pub enum ReadIndexError {
+    /// Worth asking again (no quorum yet, leader changing, leader unreachable).
+    Retry(String),
+    /// Final.
+    Fail(Error),
+}
+
+/// The read index of this member as leader: it confirms its leadership with a heartbeat round
+/// to a quorum (`None`: nothing committed yet).
+pub async fn leader_read_index(raft: &Raft) -> Result<Option<u64>, ReadIndexError> {
+    match raft.get_read_log_id().await {
+        Ok((read_log_id, _applied)) => Ok(read_log_id.map(|id| id.index)),
+        Err(RaftError::APIError(e)) => Err(ReadIndexError::Retry(e.to_string())),
+        Err(RaftError::Fatal(fatal)) => Err(ReadIndexError::Fail(fatal_error(&fatal))),
+    }
+}
+
+/// Shares read-index rounds among concurrent linearizable reads, as etcd batches them: a read
+/// may use the index of any round that *started* after the read arrived, since that round
+/// confirmed leadership and took the commit index after every write acknowledged before the
+/// read. One round runs at a time; reads arriving meanwhile share the next one. Without this,
+/// every read costs a heartbeat round to every voter.
+#[derive(Default)]
+pub struct ReadIndexBatch {
+    /// Held while a round runs, so rounds do not overlap.
+    round: tokio::sync::Mutex<()>,
+    /// Rounds started, and the last successful one.
+    state: parking_lot::Mutex<BatchState>,
+}
+
+#[derive(Default)]
+struct BatchState {
+    /// Rounds started so far; a round's number is the count when it started.
+    started: u64,
+    /// The number and index of the latest successful round.
+    done: Option<(u64, Option<u64>)>,
+}
+
+impl ReadIndexBatch {
+    /// A read index for a read arriving now: from a round started after now, run by `fetch`
+    /// unless another read's round qualifies. Failures are not shared (each read retries).
+    pub async fn run<F, Fut>(&self, fetch: F) -> Result<Option<u64>, ReadIndexError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<u64>, ReadIndexError>>,
+    {
+        let arrived = self.state.lock().started;
+        let _round = self.round.lock().await;
+        let round = {
+            let mut state = self.state.lock();
+            if let Some((done, index)) = state.done {
+                if done > arrived {
+                    return Ok(index);
+                }
+            }
+            state.started += 1;
+            state.started
+        };
+        let result = fetch().await;
+        if let Ok(index) = &result {
+            self.state.lock().done = Some((round, *index));
+        }
+        result
+    }
+}
+
+/// Growing pauses between attempts, bounded by a deadline.
+struct RetryPause {
+    next: Duration,
+}
+
+impl Default for RetryPause {
+    fn default() -> Self {
+        Self {
+            next: RETRY_PAUSE_MIN,
+        }
+    }
+}
+
+impl RetryPause {
+    /// Sleeps for the next pause; `false` (without sleeping) if it would end past `deadline`.
+    async fn wait(&mut self, deadline: Instant) -> bool {
+        let until = Instant::now() + self.next;
+        if until >= deadline {
+            return false;
+        }
+        tokio::time::sleep_until(until).await;
+        self.next = (self.next * 2).min(RETRY_PAUSE_MAX);
+        true
+    }
+}
+
+/// The error of a request whose leader changed while it was in flight.
+///
+/// etcd answers UNAVAILABLE "etcdserver: leader changed"; `crate::Error` has no such variant
+/// yet, so this is "etcdserver: no leader", which has the same code and is just as retryable.
+pub fn leader_changed() -> Error {
+    Error::NoLeader
+}
+
+/// The member's error for a fatal Raft error.
+pub fn fatal_error(fatal: &Fatal<NodeId>) -> Error {
+    match fatal {
+        Fatal::Stopped => Error::Stopped,
+        other => Error::Internal(format!("raft: {other}")),
+    }
+}
+
+/// The `ApplyError` a member that is not the leader answers a forwarded write with.
+pub fn not_leader_result() -> raftpb::ApplyResult {
+    apply_error(Code::Unavailable, NOT_LEADER)
+}
+
+/// The `ApplyError` for a forwarded write whose leader changed while it was in flight.
+pub fn leader_changed_result() -> raftpb::ApplyResult {
+    apply_error(Code::Unavailable, LEADER_CHANGED)
+}
+
+fn apply_error(code: Code, message: &str) -> raftpb::ApplyResult {
+    raftpb::ApplyResult {
+        result: Some(raftpb::apply_result::Result::Error(raftpb::ApplyError {
+            code: code as i32,
+            message: message.to_owned(),
+        })),
+    }
+}
+
+fn is_not_leader(result: &raftpb::ApplyResult) -> bool {
+    matches!(
+        &result.result,
+        Some(raftpb::apply_result::Result::Error(e)) if e.message == NOT_LEADER
+    )
+}
+
+/// Whether a failed call never reached the peer (the connection could not be made).
+fn is_connect_error(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The result of applying a command, as the state machine (this member's or the leader's)
+/// produced it: the inverse of `Response::from`.
+///
+/// A compaction's `done` is already complete: the physical compaction runs on the thread of
+/// the member that applied it, and nothing carries its completion back through Raft.
+pub fn applied_from_result(result: raftpb::ApplyResult) -> Result<Applied, Error> {
+    use raftpb::apply_result::Result as R;
+    match result.result {
+        Some(R::Put(r)) => Ok(Applied::Put(r)),
+        Some(R::DeleteRange(r)) => Ok(Applied::DeleteRange(r)),
+        Some(R::Txn(r)) => Ok(Applied::Txn(r)),
+        Some(R::Compaction(response)) => {
+            let (tx, done) = oneshot::channel();
+            let _ = tx.send(());
+            Ok(Applied::Compact { response, done })
+        }
+        Some(R::LeaseGrant(r)) => Ok(Applied::LeaseGrant(r)),
+        Some(R::LeaseRevoke(r)) => Ok(Applied::LeaseRevoke(r)),
+        Some(R::LeaseCheckpoint(_)) => Ok(Applied::LeaseCheckpoint),
+        Some(R::Alarm(r)) => Ok(Applied::Alarm(r)),
+        Some(R::MemberAttributes(_)) => Ok(Applied::PublishMember),
+        Some(R::Error(e)) => Err(error_from_apply(e)),
+        None => Err(Error::Internal(
+            "the entry of a command applied without a result".into(),
+        )),
+    }
+}
+
+/// The member's error for an `ApplyError`: the variant whose gRPC status has the same message
+/// (hence code), so the client sees exactly what the applying member would have sent.
+///
+/// Errors with a payload cannot be rebuilt from their message; they come back as
+/// [`Error::Internal`] (with the code INTERNAL whatever it was).
+pub fn error_from_apply(e: raftpb::ApplyError) -> Error {
+    if e.message == NOT_LEADER || e.message == LEADER_CHANGED {
+        return leader_changed();
+    }
+    if let Some(known) = unit_errors()
+        .into_iter()
+        .find(|candidate| candidate.to_string() == e.message)
+    {
+        return known;
+    }
+    const INTERNAL_PREFIX: &str = "etcdserver: internal error: ";
+    match Code::from_i32(e.code) {
+        Code::Unimplemented => Error::Unimplemented(e.message),
+        _ => match e.message.strip_prefix(INTERNAL_PREFIX) {
+            Some(detail) => Error::Internal(detail.to_owned()),
+            None => Error::Internal(e.message),
+        },
+    }
+}
+
+/// Every error without a payload, which its message identifies.
+fn unit_errors() -> Vec<Error> {
+    use crate::mvcc::Error as Store;
+    let store = [
+        Store::Compacted,
+        Store::FutureRevision,
+        Store::EmptyKey,
+        Store::InvalidRangeEnd,
+        Store::TooManyOps,
+        Store::DuplicateKey,
+        Store::RequestTooLarge,
+        Store::KeyNotFound,
+        Store::ValueProvided,
+        Store::LeaseProvided,
+        Store::LeaseNotFound,
+        Store::LeaseExists,
+    ];
+    let mut errors = vec![
+        Error::NoSpace,
+        Error::Corrupt,
+        Error::LeaseTtlTooLarge,
+        Error::NoLeader,
+        Error::Timeout,
+        Error::Stopped,
+    ];
+    errors.extend(store.into_iter().map(Error::Store));
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use kvstore_proto::etcdserverpb::{CompactionResponse, PutResponse, ResponseHeader};
+
+    use super::*;
+    use crate::raft::types::Response;
+
+    /// What a client of this member sees for `err` after it went through an `ApplyResult`.
+    fn round_trip(err: Error) -> tonic::Status {
+        let wire = Response::from(Err(err)).0;
+        let back = applied_from_result(wire).expect_err("an error");
+        tonic::Status::from(back)
+    }
+
+    #[test]
+    fn apply_errors_come_back_with_the_same_status() {
+        for i in 0..unit_errors().len() {
+            let want = tonic::Status::from(unit_errors().swap_remove(i));
+            let got = round_trip(unit_errors().swap_remove(i));
+            assert_eq!(got.code(), want.code(), "{}", want.message());
+            assert_eq!(got.message(), want.message());
+        }
+        let internal = round_trip(Error::Internal("disk on fire".into()));
+        assert_eq!(internal.code(), Code::Internal);
+        assert_eq!(
+            internal.message(),
+            "etcdserver: internal error: disk on fire"
+        );
+    }
+
+    #[test]
+    fn leader_errors_are_retryable() {
+        for result in [not_leader_result(), leader_changed_result()] {
+            let status = tonic::Status::from(applied_from_result(result).expect_err("an error"));
+            assert_eq!(status.code(), Code::Unavailable);
+        }
+        assert!(is_not_leader(&not_leader_result()));
+        assert!(!is_not_leader(&leader_changed_result()));
+    }
+
+    #[tokio::test]
+    async fn results_become_applied_and_compactions_are_done() {
+        let put = Response::from(Ok(Applied::Put(PutResponse {
+            header: Some(ResponseHeader {
+                revision: 7,
+                ..ResponseHeader::default()
+            }),
+            prev_kv: None,
+        })))
+        .0;
+        match applied_from_result(put) {
+            Ok(Applied::Put(r)) => assert_eq!(r.header.map(|h| h.revision), Some(7)),
+            other => panic!("want a put, got {other:?}"),
+        }
+        let (_tx, done) = oneshot::channel();
+        let compact = Response::from(Ok(Applied::Compact {
+            response: CompactionResponse::default(),
+            done,
+        }))
+        .0;
+        match applied_from_result(compact) {
+            Ok(Applied::Compact { done, .. }) => done.await.expect("already complete"),
+            other => panic!("want a compaction, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The peer service (`raftpb.Raft`, on `--listen-peer-urls`): what other members of the
+//! cluster ask of this one's Raft.
+//!
+//! - AppendEntries, Vote, InstallSnapshot: openraft's request, postcard-encoded in
+//!   `RaftMessage.data`, handed to this member's Raft; its `Result<response, RaftError>` goes
+//!   back the same way (see [`crate::raft::network`] for the client side). Snapshot chunks are
+//!   appended to a file by openraft as they arrive.
+//! - Forward: a write from a follower. Proposed only if this member is the leader; otherwise
+//!   answered "etcdserver: not leader" without proposing, and never forwarded on.
+//! - ReadIndex: the leader confirms its leadership and answers the index a linearizable read
+//!   on the asking follower must wait for.
+
+use std::sync::Arc;
+
+use kvstore_proto::raftpb::raft_server::{Raft as RaftService, RaftServer};
+use kvstore_proto::raftpb::{
+    ForwardRequest, ForwardResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse,
+};
+use openraft::error::{ClientWriteError, RaftError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::apply::Command;
+use crate::raft::codec;
+use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
+use crate::raft::proposer::{
+    fatal_error, leader_changed_result, leader_read_index, not_leader_result, ReadIndexBatch,
+    ReadIndexError, NOT_LEADER,
+};
+use crate::raft::types::{
+    AppendEntriesRequest, InstallSnapshotRequest, Raft, Request as RaftRequest,
+    Response as RaftResponse, VoteRequest,
+};
+use crate::Error;
+
+/// The peer service of one member.
+#[derive(Clone)]
+pub struct PeerService {
+    /// This member's Raft (a cheap handle).
+    raft: Raft,
+    /// Read-index rounds, shared with this member's own linearizable reads.
+    reads: Arc<ReadIndexBatch>,
+}
+
+impl PeerService {
+    /// The peer service over `raft`, sharing read-index rounds with `reads` (from
+    /// [`RaftProposer::read_index_batch`](crate::raft::RaftProposer::read_index_batch)).
+    pub fn new(raft: Raft, reads: Arc<ReadIndexBatch>) -> Self {
+        Self { raft, reads }
+    }
+
+    /// The tonic service, with the message limits both ends of the peer service use.
+    pub fn into_server(self) -> RaftServer<Self> {
+        RaftServer::new(self)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
+    }
+
+    /// Whether this member believes it is the leader.
+    fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader == Some(m.id)
+    }
+}
+
+/// Decodes an openraft request from a peer.
+fn decode<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Status> {
+    codec::decode(&request.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+}
+
+/// Encodes openraft's answer (response or error) for the peer.
+fn reply<T: Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {
+    codec::encode(result)
+        .map(|data| Response::new(RaftMessage { data }))
+        .map_err(|e| Status::internal(format!("unencodable Raft reply: {e}")))
+}
+
+#[tonic::async_trait]
+impl RaftService for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest = decode(request)?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest = decode(request)?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: InstallSnapshotRequest = decode(request)?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        let command = request
+            .into_inner()
+            .command
+            .ok_or_else(|| Status::invalid_argument("forwarded write without a command"))?;
+        let command =
+            Command::try_from(command).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let result = if !self.is_leader() {
+            not_leader_result()
+        } else {
+            match self.raft.client_write(RaftRequest(command)).await {
+                Ok(response) => response.data.0,
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    leader_changed_result()
+                }
+                Err(RaftError::APIError(e)) => {
+                    RaftResponse::from(Err(Error::Internal(format!("raft: {e}")))).0
+                }
+                Err(RaftError::Fatal(fatal)) => RaftResponse::from(Err(fatal_error(&fatal))).0,
+            }
+        };
+        Ok(Response::new(ForwardResponse {
+            result: Some(result),
+        }))
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        if !self.is_leader() {
+            return Err(Status::unavailable(NOT_LEADER));
+        }
+        match self.reads.run(|| leader_read_index(&self.raft)).await {
+            // `None`: nothing committed yet; the asker waits for the first entry, which the
+            // leader commits at once.
+            Ok(index) => Ok(Response::new(ReadIndexResponse {
+                index: index.unwrap_or(0),
+            })),
+            Err(ReadIndexError::Retry(cause)) => {
+                Err(Status::unavailable(format!("{NOT_LEADER}: {cause}")))
+            }
+            Err(ReadIndexError::Fail(err)) => Err(err.into()),
+        }
+    }
+}
