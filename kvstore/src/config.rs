@@ -121,7 +121,8 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
-    /// Fsync every write before acknowledging it (single member; turn off only for tests).
+    /// Do not fsync the Raft log: a write survives a process crash but not a power loss.
+    /// For tests and benchmarks of the rest of the system only.
     #[arg(long, env = "KVSTORE_UNSAFE_NO_FSYNC", default_value_t = false)]
     pub unsafe_no_fsync: bool,
 }

@@ -101,7 +101,8 @@ impl Node {
 
         let member_id = membership.member_id;
         let peers = Peers::new(member_id, PeerOptions::default());
-        let log_store = LogStore::open(Arc::clone(&store)).map_err(raft_error)?;
+        let log_store = LogStore::open_with_fsync(Arc::clone(&store), !config.unsafe_no_fsync)
+            .map_err(raft_error)?;
         let reload_alarms = Arc::clone(&alarms);
         let after_install: AfterInstall = Arc::new(move |store: &KvStore| {
             reload_alarms.reload(store.backend())?;

@@ -124,7 +124,9 @@ impl Member {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(
-                    PeerService::new(raft.clone(), proposer.read_index_batch()).into_server(),
+                    PeerService::new(raft.clone())
+                        .with_read_index_batch(proposer.read_index_batch())
+                        .into_server(),
                 )
                 .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
         );

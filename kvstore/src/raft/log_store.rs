@@ -81,11 +81,17 @@ pub struct LogReader {
 impl LogStore {
     /// A log store on `store`'s database; starts its sync thread.
     pub fn open(store: Arc<KvStore>) -> Result<Self, StorageError> {
+        Self::open_with_fsync(store, true)
+    }
+
+    /// Like [`LogStore::open`]; with `fsync` false appends are only flushed to the operating
+    /// system (`--unsafe-no-fsync`: survives a process crash, not a power loss; tests only).
+    pub fn open_with_fsync(store: Arc<KvStore>, fsync: bool) -> Result<Self, StorageError> {
         let (queue, pending) = mpsc::channel();
         let sync_store = Arc::clone(&store);
         let thread = std::thread::Builder::new()
             .name("raft-log-sync".into())
-            .spawn(move || sync_loop(&sync_store, &pending))
+            .spawn(move || sync_loop(&sync_store, &pending, fsync))
             .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         Ok(Self {
             reader: LogReader { store },
@@ -147,11 +153,11 @@ impl Drop for LogStore {
 }
 
 /// Syncs the WAL for every batch of queued appends, then completes their callbacks in order.
-fn sync_loop(store: &KvStore, pending: &mpsc::Receiver<LogFlushed>) {
+fn sync_loop(store: &KvStore, pending: &mpsc::Receiver<LogFlushed>, fsync: bool) {
     while let Ok(first) = pending.recv() {
         let mut group = vec![first];
         group.extend(pending.try_iter());
-        let result = store.backend().db().flush_wal(true);
+        let result = store.backend().db().flush_wal(fsync);
         if let Err(err) = &result {
             tracing::error!(cause = %err, "raft log fsync failed");
         }

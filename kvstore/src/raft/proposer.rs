@@ -423,12 +423,10 @@ impl RetryPause {
     }
 }
 
-/// The error of a request whose leader changed while it was in flight.
-///
-/// etcd answers UNAVAILABLE "etcdserver: leader changed"; `crate::Error` has no such variant
-/// yet, so this is "etcdserver: no leader", which has the same code and is just as retryable.
+/// The error of a request whose leader changed while it was in flight: etcd's UNAVAILABLE
+/// "etcdserver: leader changed" (it may or may not have been applied; clients retry).
 pub fn leader_changed() -> Error {
-    Error::NoLeader
+    Error::LeaderChanged
 }
 
 /// The member's error for a fatal Raft error.
@@ -505,29 +503,18 @@ pub fn applied_from_result(result: raftpb::ApplyResult) -> Result<Applied, Error
     }
 }
 
-/// The member's error for an `ApplyError`: the variant whose gRPC status has the same message
-/// (hence code), so the client sees exactly what the applying member would have sent.
-///
-/// Errors with a payload cannot be rebuilt from their message; they come back as
-/// [`Error::Internal`] (with the code INTERNAL whatever it was).
+/// The member's error for an `ApplyError`: the variant with the same message (hence the same
+/// gRPC status) when it has no payload, so it stays typed; otherwise [`Error::Remote`], which
+/// passes the code and message on unchanged. Either way the client sees exactly what the
+/// applying member would have sent.
 pub fn error_from_apply(e: raftpb::ApplyError) -> Error {
-    if e.message == NOT_LEADER || e.message == LEADER_CHANGED {
-        return leader_changed();
-    }
-    if let Some(known) = unit_errors()
+    unit_errors()
         .into_iter()
         .find(|candidate| candidate.to_string() == e.message)
-    {
-        return known;
-    }
-    const INTERNAL_PREFIX: &str = "etcdserver: internal error: ";
-    match Code::from_i32(e.code) {
-        Code::Unimplemented => Error::Unimplemented(e.message),
-        _ => match e.message.strip_prefix(INTERNAL_PREFIX) {
-            Some(detail) => Error::Internal(detail.to_owned()),
-            None => Error::Internal(e.message),
-        },
-    }
+        .unwrap_or(Error::Remote {
+            code: e.code,
+            message: e.message,
+        })
 }
 
 /// Every error without a payload, which its message identifies.
@@ -554,6 +541,7 @@ fn unit_errors() -> Vec<Error> {
         Error::NoLeader,
         Error::Timeout,
         Error::Stopped,
+        Error::LeaderChanged,
     ];
     errors.extend(store.into_iter().map(Error::Store));
     errors
@@ -587,6 +575,12 @@ mod tests {
             internal.message(),
             "etcdserver: internal error: disk on fire"
         );
+        let remote = round_trip(Error::Remote {
+            code: Code::FailedPrecondition as i32,
+            message: "etcdserver: something new".into(),
+        });
+        assert_eq!(remote.code(), Code::FailedPrecondition);
+        assert_eq!(remote.message(), "etcdserver: something new");
     }
 
     #[test]

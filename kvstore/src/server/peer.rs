@@ -44,10 +44,20 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    /// The peer service over `raft`, sharing read-index rounds with `reads` (from
-    /// [`RaftProposer::read_index_batch`](crate::raft::RaftProposer::read_index_batch)).
-    pub fn new(raft: Raft, reads: Arc<ReadIndexBatch>) -> Self {
-        Self { raft, reads }
+    /// The peer service over `raft`.
+    pub fn new(raft: Raft) -> Self {
+        Self {
+            raft,
+            reads: Arc::default(),
+        }
+    }
+
+    /// Shares read-index rounds with this member's own reads (`reads` from
+    /// [`RaftProposer::read_index_batch`](crate::raft::RaftProposer::read_index_batch)), so
+    /// followers' and local linearizable reads share leadership confirmations.
+    pub fn with_read_index_batch(mut self, reads: Arc<ReadIndexBatch>) -> Self {
+        self.reads = reads;
+        self
     }
 
     /// The tonic service, with the message limits both ends of the peer service use.
