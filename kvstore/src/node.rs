@@ -24,6 +24,7 @@ use crate::mvcc::{KvStore, Limits, StoreOptions};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{PeerNetwork, PeerOptions, Peers};
 use crate::raft::proposer::{ProposerOptions, RaftProposer};
+use crate::raft::read_index::ReadIndexBatch;
 use crate::raft::state_machine::{AfterInstall, StateMachine};
 use crate::raft::types::{MemberNode, Raft};
 use crate::server::peer::PeerService;
@@ -58,6 +59,8 @@ pub struct Node {
     pub lessor: Arc<Lessor>,
     /// This member's Raft node.
     pub raft: Raft,
+    /// Read-index rounds, shared by local linearizable reads and followers' ReadIndex calls.
+    pub read_batch: Arc<ReadIndexBatch>,
     /// Cancelled when the member shuts down.
     pub shutdown: CancellationToken,
 }
@@ -128,11 +131,16 @@ impl Node {
         .map_err(|e| Error::Internal(format!("starting raft: {e}")))?;
         bootstrap(&raft, &config, &membership).await?;
 
-        let proposer: Arc<dyn Proposer> = Arc::new(RaftProposer::new(
+        let raft_proposer = Arc::new(RaftProposer::new(
             raft.clone(),
             Arc::clone(&peers),
-            ProposerOptions::default(),
+            ProposerOptions {
+                // etcd's request timeout: 5 s plus two election timeouts.
+                request_timeout: Duration::from_millis(5000 + 2 * config.election_timeout),
+            },
         ));
+        let read_batch = raft_proposer.read_index_batch();
+        let proposer: Arc<dyn Proposer> = raft_proposer;
         let lessor = Lessor::new(Arc::clone(&store), Arc::clone(&proposer));
         lessor.bind(LessorOptions::from_config(member_id, &config));
         follow_leadership(&raft, Arc::clone(&lessor));
@@ -147,6 +155,7 @@ impl Node {
             watch_hub,
             lessor,
             raft,
+            read_batch,
             shutdown: CancellationToken::new(),
         }))
     }
@@ -190,7 +199,9 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
             .await
             .map_err(|e| Error::Config(format!("cannot listen on {url}: {e}")))?;
         tracing::info!(%url, "serving peer traffic");
-        let service = PeerService::new(node.raft.clone()).into_server();
+        let service = PeerService::new(node.raft.clone())
+            .with_read_index_batch(Arc::clone(&node.read_batch))
+            .into_server();
         let shutdown = node.shutdown.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tasks.spawn(async move {
@@ -315,6 +326,8 @@ fn raft_config(config: &Config) -> Result<openraft::Config, Error> {
         election_timeout_max: config.election_timeout * 2,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         max_in_snapshot_log_to_keep: 5000.min(config.snapshot_count),
+        // The last chunk's RPC includes installing the whole snapshot into RocksDB.
+        install_snapshot_timeout: 30_000,
         ..openraft::Config::default()
     }
     .validate()

@@ -16,6 +16,7 @@
 //!   channel per peer ([`Peers`]), timeouts and back-off.
 //! - [`proposer`]: [`RaftProposer`], writes through the log (forwarded to the leader from a
 //!   follower) and read-index barriers for linearizable reads.
+//! - [`read_index`]: the leader's read index, and rounds of it shared by concurrent reads.
 //!
 //! # Durability, in one place
 //! - The log append is the one fsync on the write path, shared by every entry of an append
@@ -29,6 +30,7 @@ pub mod codec;
 pub mod log_store;
 pub mod network;
 pub mod proposer;
+pub mod read_index;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

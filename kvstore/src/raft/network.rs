@@ -28,9 +28,10 @@
 //! - [`PayloadTooLarge`]: an append would exceed [`MAX_PEER_MESSAGE_BYTES`]; openraft retries
 //!   with fewer entries.
 //!
-//! Each peer also keeps its own health: after a failed attempt (unreachable or timed out) it
-//! refuses further attempts as [`Unreachable`] until an exponentially growing back-off expires
-//! ([`PeerOptions::backoff_min`] doubling up to [`PeerOptions::backoff_max`]). This covers what
+//! Each peer also keeps its own health: after an attempt that could not reach it (or after
+//! several timeouts in a row) it refuses further attempts as [`Unreachable`] until an
+//! exponentially growing back-off expires ([`PeerOptions::backoff_min`] doubling up to
+//! [`PeerOptions::backoff_max`]); any success ends it. This covers what
 //! openraft's back-off does not: elections and read-index heartbeats (a new client each time)
 //! and timeouts (a black-holed peer), so a dead peer costs one attempt per back-off interval and
 //! one log line when it goes down and one when it comes back, not a line per heartbeat.
@@ -168,13 +169,20 @@ pub struct Peer {
     health: Mutex<Health>,
 }
 
+/// Consecutive timeouts after which a peer is treated as unreachable. A slow peer (a long
+/// fsync) times out now and then between successes and is never backed off; a black-holed one
+/// times out every time.
+const TIMEOUTS_BEFORE_BACKOFF: u32 = 3;
+
 /// What the last attempts to reach a peer did.
 #[derive(Debug, Default)]
 struct Health {
-    /// Failed attempts since the last success.
+    /// Failed attempts (unreachable or timed out) since the last success.
     failures: u32,
     /// Attempts before this instant are refused without touching the network.
     retry_at: Option<Instant>,
+    /// Whether the peer was reported unreachable (logged once per outage).
+    down: bool,
 }
 
 impl Peer {
@@ -234,19 +242,33 @@ impl Peer {
     /// Records that an RPC got through (whatever the peer answered).
     pub fn succeeded(&self) {
         let mut health = self.health.lock();
-        if health.failures > 0 {
+        if health.down {
             tracing::info!(peer = %self.id, url = %self.url, failures = health.failures, "peer reachable again");
         }
         *health = Health::default();
     }
 
-    /// Records a failed attempt and starts (or lengthens) the back-off.
+    /// Records an attempt that could not reach the peer, and starts (or lengthens) the
+    /// back-off.
     pub fn failed(&self, cause: &dyn std::fmt::Display) {
+        self.record_failure(cause, true);
+    }
+
+    /// Records an attempt that timed out; backs off once they keep timing out.
+    fn timed_out(&self) {
+        self.record_failure(&"timed out", false);
+    }
+
+    fn record_failure(&self, cause: &dyn std::fmt::Display, unreachable: bool) {
         let mut health = self.health.lock();
         health.failures = health.failures.saturating_add(1);
+        if !unreachable && health.failures < TIMEOUTS_BEFORE_BACKOFF {
+            return;
+        }
         let delay = backoff_delay(self.backoff.0, self.backoff.1, health.failures);
         health.retry_at = Some(Instant::now() + delay);
-        if health.failures == 1 {
+        if !health.down {
+            health.down = true;
             tracing::warn!(peer = %self.id, url = %self.url, %cause, "peer unreachable; backing off");
         } else {
             tracing::debug!(peer = %self.id, failures = health.failures, ?delay, %cause, "peer still unreachable");
@@ -284,7 +306,7 @@ impl Drop for Attempt<'_> {
         // A future dropped well before its deadline was abandoned (a replication stream closed
         // on a leader change), which says nothing about the peer.
         if !self.finished && self.started.elapsed() >= self.ttl.mul_f32(0.9) {
-            self.peer.failed(&"timed out");
+            self.peer.timed_out();
         }
     }
 }
@@ -408,7 +430,7 @@ impl PeerConnection {
             Ok(Ok(reply)) => reply.into_inner(),
             Ok(Err(status)) => return Err(self.transport_error(rpc, ttl, status)),
             Err(_) => {
-                self.peer.failed(&"timed out");
+                self.peer.timed_out();
                 return Err(self.timeout(rpc, ttl));
             }
         };
@@ -438,7 +460,7 @@ impl PeerConnection {
                 RPCError::Unreachable(Unreachable::new(&status))
             }
             Code::DeadlineExceeded | Code::Cancelled => {
-                self.peer.failed(&status.message());
+                self.peer.timed_out();
                 self.timeout(rpc, ttl)
             }
             _ => {
@@ -537,6 +559,20 @@ mod tests {
         peer.failed(&"connection refused");
         peer.succeeded();
         assert!(peer.client().is_ok(), "a success ends the back-off");
+    }
+
+    #[tokio::test]
+    async fn a_peer_backs_off_only_after_repeated_timeouts() {
+        let peer = Peer::new(2, "http://127.0.0.1:1", &PeerOptions::default());
+        for _ in 1..TIMEOUTS_BEFORE_BACKOFF {
+            peer.timed_out();
+            assert!(peer.client().is_ok(), "a slow peer is not backed off");
+        }
+        peer.timed_out();
+        assert!(peer.client().is_err(), "a peer that keeps timing out is");
+        peer.succeeded();
+        peer.timed_out();
+        assert!(peer.client().is_ok(), "a success starts the count again");
     }
 
     #[tokio::test]

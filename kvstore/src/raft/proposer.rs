@@ -19,6 +19,7 @@
 //! a round of heartbeats to a quorum and takes its commit index (at least its own term's first
 //! entry); a follower asks the leader for that index (peer service `ReadIndex`). Either way the
 //! read waits until this member has applied up to the index, then reads its own store.
+//! Concurrent reads share confirmation rounds ([`ReadIndexBatch`]).
 //!
 //! Every request has one deadline ([`ProposerOptions::request_timeout`], etcd's 5 s plus two
 //! election timeouts by default); past it the client gets "etcdserver: request timed out".
@@ -34,6 +35,7 @@ use tokio::time::{timeout_at, Instant};
 use tonic::Code;
 
 use super::network::Peers;
+use super::read_index::{leader_read_index, ReadIndexBatch, ReadIndexError};
 use super::types::{MemberNode, NodeId, Raft, Request};
 use crate::apply::{Applied, Command, Proposer};
 use crate::Error;
@@ -195,13 +197,19 @@ impl RaftProposer {
             }
             Err(status) => match status.code() {
                 Code::DeadlineExceeded | Code::Cancelled => Forwarded::Unknown(Error::Timeout),
-                Code::Unavailable => {
-                    peer.failed(&status.message());
-                    Forwarded::Unknown(leader_changed())
-                }
-                _ => Forwarded::Unknown(Error::Internal(format!(
+                // The leader refused the message itself: members disagree on the wire format.
+                Code::InvalidArgument => Forwarded::Unknown(Error::Internal(format!(
                     "forwarding to the leader: {status}"
                 ))),
+                // The connection broke after the request may have been sent (the leader
+                // stopped or crashed): the write may or may not have been applied.
+                _ => {
+                    if status.code() == Code::Unavailable {
+                        peer.failed(&status.message());
+                    }
+                    tracing::debug!(%leader, %status, "forwarded write lost");
+                    Forwarded::Unknown(leader_changed())
+                }
             },
         }
     }
@@ -327,74 +335,6 @@ enum Forwarded {
     NotSent(String),
     /// It may or may not have been applied.
     Unknown(Error),
-}
-
-/// Why a read index was not obtained.
-#[derive(Debug)]
-pub enum ReadIndexError {
-    /// Worth asking again (no quorum yet, leader changing, leader unreachable).
-    Retry(String),
-    /// Final.
-    Fail(Error),
-}
-
-/// The read index of this member as leader: it confirms its leadership with a heartbeat round
-/// to a quorum (`None`: nothing committed yet).
-pub async fn leader_read_index(raft: &Raft) -> Result<Option<u64>, ReadIndexError> {
-    match raft.get_read_log_id().await {
-        Ok((read_log_id, _applied)) => Ok(read_log_id.map(|id| id.index)),
-        Err(RaftError::APIError(e)) => Err(ReadIndexError::Retry(e.to_string())),
-        Err(RaftError::Fatal(fatal)) => Err(ReadIndexError::Fail(fatal_error(&fatal))),
-    }
-}
-
-/// Shares read-index rounds among concurrent linearizable reads, as etcd batches them: a read
-/// may use the index of any round that *started* after the read arrived, since that round
-/// confirmed leadership and took the commit index after every write acknowledged before the
-/// read. One round runs at a time; reads arriving meanwhile share the next one. Without this,
-/// every read costs a heartbeat round to every voter.
-#[derive(Default)]
-pub struct ReadIndexBatch {
-    /// Held while a round runs, so rounds do not overlap.
-    round: tokio::sync::Mutex<()>,
-    /// Rounds started, and the last successful one.
-    state: parking_lot::Mutex<BatchState>,
-}
-
-#[derive(Default)]
-struct BatchState {
-    /// Rounds started so far; a round's number is the count when it started.
-    started: u64,
-    /// The number and index of the latest successful round.
-    done: Option<(u64, Option<u64>)>,
-}
-
-impl ReadIndexBatch {
-    /// A read index for a read arriving now: from a round started after now, run by `fetch`
-    /// unless another read's round qualifies. Failures are not shared (each read retries).
-    pub async fn run<F, Fut>(&self, fetch: F) -> Result<Option<u64>, ReadIndexError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Option<u64>, ReadIndexError>>,
-    {
-        let arrived = self.state.lock().started;
-        let _round = self.round.lock().await;
-        let round = {
-            let mut state = self.state.lock();
-            if let Some((done, index)) = state.done {
-                if done > arrived {
-                    return Ok(index);
-                }
-            }
-            state.started += 1;
-            state.started
-        };
-        let result = fetch().await;
-        if let Ok(index) = &result {
-            self.state.lock().done = Some((round, *index));
-        }
-        result
-    }
 }
 
 /// Growing pauses between attempts, bounded by a deadline.

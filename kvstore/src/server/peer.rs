@@ -24,10 +24,8 @@ use tonic::{Request, Response, Status};
 use crate::apply::Command;
 use crate::raft::codec;
 use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
-use crate::raft::proposer::{
-    fatal_error, leader_changed_result, leader_read_index, not_leader_result, ReadIndexBatch,
-    ReadIndexError, NOT_LEADER,
-};
+use crate::raft::proposer::{fatal_error, leader_changed_result, not_leader_result, NOT_LEADER};
+use crate::raft::read_index::{leader_read_index, ReadIndexBatch, ReadIndexError};
 use crate::raft::types::{
     AppendEntriesRequest, InstallSnapshotRequest, Raft, Request as RaftRequest,
     Response as RaftResponse, VoteRequest,
