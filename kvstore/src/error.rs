@@ -42,6 +42,27 @@ pub enum Error {
     /// The leader changed while the request was in flight; it may or may not have applied.
     #[error("etcdserver: leader changed")]
     LeaderChanged,
+    /// A membership request named a member that is not in the cluster.
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// A member with one of these peer URLs is already in the cluster.
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    /// The peer URLs given are not valid `http://host:port` URLs.
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    /// Only a learner can be promoted.
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    /// The learner has not caught up with the leader's log yet.
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// The cluster already has as many learners as allowed (etcd allows one).
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    /// A learner serves only serializable reads and status.
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
     /// The configuration (flags, environment) is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -104,6 +104,7 @@ impl Membership {
         name: &str,
         advertise_peer_urls: &[String],
         client_urls: &[String],
+        joining: bool,
     ) -> Result<Self, Error> {
         let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for part in initial_cluster.split(',').filter(|p| !p.trim().is_empty()) {
@@ -155,7 +156,14 @@ impl Membership {
                 },
             );
         }
-        let ids: Vec<u64> = members.keys().copied().collect();
+        // A member joining an existing cluster lists the members already there plus itself;
+        // the cluster's ID is that of the members it was bootstrapped with, so leave itself out
+        // (exact unless the cluster's membership changed in other ways since).
+        let ids: Vec<u64> = members
+            .keys()
+            .copied()
+            .filter(|id| !joining || *id != member_id_self)
+            .collect();
         Ok(Self {
             cluster_id: cluster_id(&ids),
             member_id: member_id_self,
@@ -178,6 +186,7 @@ mod tests {
             "default",
             &["http://localhost:2380".to_string()],
             &["http://localhost:2379".to_string()],
+            false,
         )
         .expect("valid configuration");
         assert_eq!(format!("{:x}", m.member_id), "8e9e05c52164694d");
@@ -192,6 +201,7 @@ mod tests {
             "b",
             &["http://127.0.0.1:1".to_string()],
             &[],
+            false,
         );
         assert!(matches!(err, Err(Error::Config(_))));
     }
@@ -204,6 +214,7 @@ mod tests {
             "a",
             &["http://127.0.0.1:2".to_string()],
             &[],
+            false,
         );
         assert!(matches!(err, Err(Error::Config(_))));
     }

@@ -76,6 +76,7 @@ impl Node {
             &config.name,
             &config.initial_advertise_peer_urls,
             &config.advertise_client_urls,
+            config.initial_cluster_state == "existing",
         )?;
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir).map_err(|e| {
@@ -177,6 +178,26 @@ impl Node {
             .map(|h| h.revision)
             .unwrap_or_else(|| self.store.current_revision());
         *header = Some(self.header(revision));
+    }
+
+    /// Whether this member is a non-voting learner (it serves only serializable reads).
+    pub fn is_learner(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let is_voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == m.id);
+        !is_voter
+    }
+
+    /// Refuses what a learner must not serve, with etcd's error.
+    pub fn refuse_if_learner(&self) -> Result<(), Error> {
+        if self.is_learner() {
+            return Err(Error::NotSupportedForLearner);
+        }
+        Ok(())
     }
 
     /// The index of the last command applied on this member.

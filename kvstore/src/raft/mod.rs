@@ -16,6 +16,7 @@
 //!   channel per peer ([`Peers`]), timeouts and back-off.
 //! - [`proposer`]: [`RaftProposer`], writes through the log (forwarded to the leader from a
 //!   follower) and read-index barriers for linearizable reads.
+//! - [`membership`]: etcd's MemberAdd/Promote/Remove/Update rules on openraft's membership.
 //! - [`read_index`]: the leader's read index, and rounds of it shared by concurrent reads.
 //!
 //! # Durability, in one place
@@ -28,6 +29,7 @@
 
 pub mod codec;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod proposer;
 pub mod read_index;

@@ -1,16 +1,24 @@
-//! The Cluster service: the membership of the cluster. Changes need replication and come with it.
+//! The Cluster service: list, add, promote, remove and update members. Changes run on the
+//! leader; a member that is not the leader forwards the call to the leader's client URL.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kvstore_proto::etcdserverpb::{
-    cluster_server::Cluster, Member, MemberAddRequest, MemberAddResponse, MemberListRequest,
-    MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
-    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+    cluster_client::ClusterClient, cluster_server::Cluster, Member, MemberAddRequest,
+    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse,
 };
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::status::unimplemented;
 use crate::node::Node;
+use crate::raft::membership;
+use crate::Error;
+
+/// How long forwarding a membership call to the leader may take to connect.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The Cluster service of one member.
 pub struct ClusterService {
@@ -45,46 +53,114 @@ impl ClusterService {
             })
             .collect())
     }
+
+    /// None when this member leads (run the change here); otherwise a client of the leader.
+    async fn leader_client(&self) -> Result<Option<ClusterClient<Channel>>, Status> {
+        let me = self.node.membership.member_id;
+        let leader = self.node.proposer.leader().ok_or(Error::NoLeader)?;
+        if leader == me {
+            return Ok(None);
+        }
+        let published = crate::membership::published_attributes(self.node.store.backend())?;
+        let url = published
+            .get(&leader)
+            .and_then(|a| a.client_urls.first().cloned())
+            .ok_or(Error::LeaderChanged)?;
+        let channel = Channel::from_shared(url)
+            .map_err(|e| Error::Internal(format!("leader URL: {e}")))?
+            .connect_timeout(FORWARD_CONNECT_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|_| Error::LeaderChanged)?;
+        Ok(Some(ClusterClient::new(channel)))
+    }
+
+    /// The header of a Cluster response (etcd's carries no revision).
+    fn header(&self) -> Option<kvstore_proto::etcdserverpb::ResponseHeader> {
+        Some(self.node.header(0))
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _req: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(unimplemented("Cluster.MemberAdd"))
+        if let Some(mut leader) = self.leader_client().await? {
+            return leader.member_add(req.into_inner()).await;
+        }
+        let req = req.into_inner();
+        let id = membership::add(
+            &self.node.raft,
+            &self.node.config.initial_cluster_token,
+            req.peer_ur_ls.clone(),
+            req.is_learner,
+        )
+        .await?;
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(Member {
+                id,
+                name: String::new(),
+                peer_ur_ls: req.peer_ur_ls,
+                client_ur_ls: Vec::new(),
+                is_learner: req.is_learner,
+            }),
+            members: self.members()?,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _req: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(unimplemented("Cluster.MemberRemove"))
+        if let Some(mut leader) = self.leader_client().await? {
+            return leader.member_remove(req.into_inner()).await;
+        }
+        membership::remove(&self.node.raft, req.into_inner().id).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: self.members()?,
+        }))
     }
 
     async fn member_update(
         &self,
-        _req: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(unimplemented("Cluster.MemberUpdate"))
+        if let Some(mut leader) = self.leader_client().await? {
+            return leader.member_update(req.into_inner()).await;
+        }
+        let req = req.into_inner();
+        membership::update(&self.node.raft, req.id, req.peer_ur_ls).await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: self.members()?,
+        }))
     }
 
     async fn member_list(
         &self,
         _req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        // etcd's Cluster service answers with a header that carries no revision.
         Ok(Response::new(MemberListResponse {
-            header: Some(self.node.header(0)),
+            header: self.header(),
             members: self.members()?,
         }))
     }
 
     async fn member_promote(
         &self,
-        _req: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(unimplemented("Cluster.MemberPromote"))
+        if let Some(mut leader) = self.leader_client().await? {
+            return leader.member_promote(req.into_inner()).await;
+        }
+        membership::promote(&self.node.raft, req.into_inner().id).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: self.members()?,
+        }))
     }
 }

@@ -47,6 +47,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         self.node.metrics.range_total.inc();
         if !req.serializable {
+            self.node.refuse_if_learner()?;
             self.node.proposer.read_barrier().await?;
         }
         let mut resp = self.node.store.range(&req)?;
@@ -56,6 +57,7 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = req.into_inner();
+        self.node.refuse_if_learner()?;
         validate::put(&req, self.node.store.limits())?;
         self.node.metrics.put_total.inc();
         match self.node.proposer.propose(Command::Put(req)).await? {
@@ -72,6 +74,7 @@ impl Kv for KvService {
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = req.into_inner();
+        self.node.refuse_if_learner()?;
         validate::delete_range(&req, self.node.store.limits())?;
         self.node.metrics.delete_total.inc();
         match self
@@ -92,6 +95,9 @@ impl Kv for KvService {
         let req = req.into_inner();
         validate::txn(&req, self.node.store.limits())?;
         self.node.metrics.txn_total.inc();
+        if !is_read_only(&req) || !txn_serializable(&req) {
+            self.node.refuse_if_learner()?;
+        }
         if is_read_only(&req) {
             if !txn_serializable(&req) {
                 self.node.proposer.read_barrier().await?;
@@ -113,6 +119,7 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        self.node.refuse_if_learner()?;
         let req = req.into_inner();
         let physical = req.physical;
         match self.node.proposer.propose(Command::Compact(req)).await? {

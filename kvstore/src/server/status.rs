@@ -30,6 +30,13 @@ impl From<Error> for Status {
                 Code::Unavailable
             }
             Error::Remote { code, .. } => Code::from_i32(*code),
+            Error::MemberNotFound => Code::NotFound,
+            Error::PeerUrlExists
+            | Error::MemberNotLearner
+            | Error::LearnerNotReady
+            | Error::TooManyLearners => Code::FailedPrecondition,
+            Error::MemberBadUrls => Code::InvalidArgument,
+            Error::NotSupportedForLearner => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Config(_) | Error::Internal(_) => Code::Internal,
         };

@@ -1,0 +1,270 @@
+//! Membership changes driven by real `etcdctl` (Debian's etcd-client, 3.4) against real
+//! `kvstore` processes: add a learner, start it with `--initial-cluster-state existing`, check
+//! what a learner refuses, promote it once it has caught up, remove another member, and keep
+//! serving throughout.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ETCDCTL: &str = "/usr/bin/etcdctl";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A kvstore process, killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Spec {
+    name: String,
+    client: u16,
+    peer: u16,
+}
+
+impl Spec {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            client: free_port(),
+            peer: free_port(),
+        }
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client)
+    }
+}
+
+fn start(dir: &Path, spec: &Spec, initial_cluster: &str, state: &str) -> Proc {
+    let client = format!("http://127.0.0.1:{}", spec.client);
+    let log = std::fs::File::create(dir.join(format!("{}.log", spec.name))).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_kvstore"))
+        .args(["--name", &spec.name])
+        .arg("--data-dir")
+        .arg(dir.join(&spec.name))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args(["--listen-peer-urls", &spec.peer_url()])
+        .args(["--initial-advertise-peer-urls", &spec.peer_url()])
+        .args(["--initial-cluster", initial_cluster])
+        .args(["--initial-cluster-state", state])
+        .args(["--initial-cluster-token", "membership-test"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start kvstore");
+    Proc(child)
+}
+
+fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
+    Command::new(ETCDCTL)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
+        .output()
+        .expect("run etcdctl")
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Retries `f` until it returns Some or `limit` passes.
+fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn etcdctl_adds_promotes_and_removes_members() {
+    if !Path::new(ETCDCTL).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "etcd-client must be installed in CI"
+        );
+        eprintln!("SKIPPED: install etcd-client to run the membership test");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let specs: Vec<Spec> = ["m0", "m1", "m2"].iter().map(|n| Spec::new(n)).collect();
+    let initial: String = specs
+        .iter()
+        .map(|s| format!("{}={}", s.name, s.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut procs: Vec<Option<Proc>> = specs
+        .iter()
+        .map(|s| Some(start(dir.path(), s, &initial, "new")))
+        .collect();
+    let all = specs
+        .iter()
+        .map(Spec::endpoint)
+        .collect::<Vec<_>>()
+        .join(",");
+    eventually(Duration::from_secs(30), "a healthy cluster", || {
+        etcdctl(&all, &["endpoint", "health"])
+            .status
+            .success()
+            .then_some(())
+    });
+    for i in 0..300 {
+        ok(
+            &etcdctl(&specs[i % 3].endpoint(), &["put", &format!("k{i:04}"), "v"]),
+            "put",
+        );
+    }
+
+    // Add a learner and start it.
+    let learner = Spec::new("m3");
+    let out = ok(
+        &etcdctl(
+            &all,
+            &[
+                "member",
+                "add",
+                "m3",
+                "--learner",
+                &format!("--peer-urls={}", learner.peer_url()),
+            ],
+        ),
+        "member add --learner",
+    );
+    assert!(out.contains("added to cluster"), "{out}");
+    assert!(
+        out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
+    let learner_id = out
+        .split_whitespace()
+        .nth(1)
+        .expect("member ID in the output")
+        .to_string();
+    let joined = format!("{initial},m3={}", learner.peer_url());
+    let _learner_proc = start(dir.path(), &learner, &joined, "existing");
+
+    // The learner catches up and serves serializable reads, but refuses writes and
+    // linearizable reads as etcd's learners do.
+    eventually(Duration::from_secs(30), "the learner to catch up", || {
+        let out = etcdctl(&learner.endpoint(), &["get", "k0299", "--consistency=s"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("k0299")
+            .then_some(())
+    });
+    let refused = etcdctl(&learner.endpoint(), &["put", "x", "y"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("rpc not supported for learner"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let list = ok(&etcdctl(&all, &["member", "list"]), "member list");
+    assert!(
+        list.contains(&format!("{learner_id}, started, m3")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.contains("m3") && l.ends_with("true")),
+        "{list}"
+    );
+
+    // Promote it (retrying while it is not yet in sync, as an operator would).
+    let started = Instant::now();
+    eventually(Duration::from_secs(30), "a successful promote", || {
+        let out = etcdctl(&all, &["member", "promote", &learner_id]);
+        if out.status.success() {
+            return Some(());
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            err.contains("in sync with leader") || err.contains("leader changed"),
+            "unexpected promote failure: {err}"
+        );
+        None
+    });
+    eprintln!(
+        "learner promoted {:?} after it was started",
+        started.elapsed()
+    );
+    ok(
+        &etcdctl(&learner.endpoint(), &["put", "from-m3", "yes"]),
+        "put on the promoted member",
+    );
+    let got = ok(
+        &etcdctl(&learner.endpoint(), &["get", "from-m3"]),
+        "linearizable get",
+    );
+    assert_eq!(got, "from-m3\nyes\n");
+
+    // Remove m0 and stop it: four members become three, and the cluster keeps serving.
+    let list = ok(&etcdctl(&all, &["member", "list"]), "member list");
+    let m0_id = list
+        .lines()
+        .find(|l| l.contains(", m0, "))
+        .and_then(|l| l.split(',').next())
+        .expect("m0 listed")
+        .to_string();
+    let rest = [&specs[1], &specs[2], &learner]
+        .iter()
+        .map(|s| s.endpoint())
+        .collect::<Vec<_>>()
+        .join(",");
+    ok(
+        &etcdctl(&rest, &["member", "remove", &m0_id]),
+        "member remove",
+    );
+    procs[0] = None;
+    let list = ok(
+        &etcdctl(&rest, &["member", "list"]),
+        "member list after remove",
+    );
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(!list.contains(", m0, "), "{list}");
+    eventually(Duration::from_secs(30), "writes after the removal", || {
+        etcdctl(&rest, &["put", "after-remove", "ok"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let status = ok(
+        &etcdctl(&rest, &["endpoint", "status", "-w", "table"]),
+        "endpoint status",
+    );
+    assert_eq!(
+        status.matches("true").count(),
+        1,
+        "exactly one leader:\n{status}"
+    );
+    drop(procs);
+}
