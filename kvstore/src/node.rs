@@ -61,6 +61,9 @@ pub struct Node {
     pub raft: Raft,
     /// Read-index rounds, shared by local linearizable reads and followers' ReadIndex calls.
     pub read_batch: Arc<ReadIndexBatch>,
+    /// A client connection to the leader's client URL (for the calls etcd forwards there:
+    /// lease keep-alives and TTL queries, membership changes), with the leader it is for.
+    leader_conn: parking_lot::Mutex<Option<(u64, tonic::transport::Channel)>>,
     /// Cancelled when the member shuts down.
     pub shutdown: CancellationToken,
 }
@@ -157,6 +160,7 @@ impl Node {
             lessor,
             raft,
             read_batch,
+            leader_conn: parking_lot::Mutex::new(None),
             shutdown: CancellationToken::new(),
         }))
     }
@@ -178,6 +182,32 @@ impl Node {
             .map(|h| h.revision)
             .unwrap_or_else(|| self.store.current_revision());
         *header = Some(self.header(revision));
+    }
+
+    /// `None` when this member leads; otherwise a connection to the leader's client URL, for
+    /// requests etcd serves only on the leader. Fails when no leader is known or it has not
+    /// published its client URLs yet (retryable either way).
+    pub async fn leader_channel(&self) -> Result<Option<tonic::transport::Channel>, Error> {
+        let leader = self.proposer.leader().ok_or(Error::NoLeader)?;
+        if leader == self.membership.member_id {
+            return Ok(None);
+        }
+        if let Some((id, channel)) = self.leader_conn.lock().as_ref() {
+            if *id == leader {
+                return Ok(Some(channel.clone()));
+            }
+        }
+        let published = crate::membership::published_attributes(self.store.backend())?;
+        let url = published
+            .get(&leader)
+            .and_then(|a| a.client_urls.first().cloned())
+            .ok_or(Error::LeaderChanged)?;
+        let channel = tonic::transport::Channel::from_shared(url)
+            .map_err(|e| Error::Internal(format!("leader client URL: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        *self.leader_conn.lock() = Some((leader, channel.clone()));
+        Ok(Some(channel))
     }
 
     /// Whether this member is a non-voting learner (it serves only serializable reads).
@@ -339,12 +369,37 @@ async fn wait_for_leader(raft: &Raft, limit: Duration) {
 }
 
 /// openraft's configuration from etcd-style flags.
+///
+/// # Election timeouts
+/// etcd's follower campaigns `rand[E, 2E)` after it last heard from its leader (E is
+/// `--election-timeout`) and refuses votes for E after hearing from it. An openraft 0.9 follower
+/// campaigns `election_timeout_max + rand[election_timeout_min, election_timeout_max)` after: the
+/// first term is its leader lease (it also refuses votes for that long), the second its own
+/// timeout, drawn once per process, which alone is a candidate's wait before trying again.
+/// Passing E and 2E straight through therefore made a follower wait 3E to 4E (3–4 s by default)
+/// before replacing a dead leader. With `min = E/4` and `max = 3E/4` it campaigns after
+/// `[E, 1.5E)`: never sooner than etcd, randomized over E/2 (two followers rarely tie), a lease
+/// of 3E/4 (7 heartbeats by default) and candidates retrying after E/4 to 3E/4. Only elections
+/// get faster; no safety property of Raft depends on these timeouts (openraft confirms a read
+/// index with a heartbeat round, not with the lease).
+///
+/// openraft requires both above the heartbeat interval: etcd requires `E >= 5 × heartbeat`, which
+/// gives that; shorter election timeouts (still longer than a heartbeat) are stretched to fit.
 fn raft_config(config: &Config) -> Result<openraft::Config, Error> {
+    let (heartbeat, election) = (config.heartbeat_interval, config.election_timeout);
+    if election <= heartbeat {
+        return Err(Error::Config(format!(
+            "raft settings: the election timeout ({election} ms) must be longer than the \
+             heartbeat interval ({heartbeat} ms)"
+        )));
+    }
+    let election_timeout_min = (election / 4).max(heartbeat + 1);
+    let election_timeout_max = (election * 3 / 4).max(election_timeout_min + 1);
     openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
-        heartbeat_interval: config.heartbeat_interval,
-        election_timeout_min: config.election_timeout,
-        election_timeout_max: config.election_timeout * 2,
+        heartbeat_interval: heartbeat,
+        election_timeout_min,
+        election_timeout_max,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         max_in_snapshot_log_to_keep: 5000.min(config.snapshot_count),
         // The last chunk's RPC includes installing the whole snapshot into RocksDB.

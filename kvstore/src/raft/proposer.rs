@@ -10,9 +10,15 @@
 //!
 //! A command whose fate is unknown is never retried and never answered with a guess: if the
 //! leader changed while it was in flight (its entry was truncated, the forward broke off after
-//! it was sent) the client gets etcd's retryable UNAVAILABLE error, exactly as etcd does. A
-//! truncated entry can still be committed by a later leader, so retrying it here could apply
-//! it twice.
+//! it was sent, another leader was elected while the old one kept it) the client gets etcd's
+//! retryable UNAVAILABLE error, exactly as etcd does. A truncated entry can still be committed
+//! by a later leader, so retrying it here could apply it twice.
+//!
+//! # Failover
+//! Nothing here waits on a leader that has been replaced: a forward or read index still in
+//! flight to the old leader ends as soon as Raft reports another one, and the pause between
+//! attempts on an unreachable leader ends then too, so the first request through a follower
+//! completes within milliseconds of the election.
 //!
 //! # Reads
 //! [`Proposer::read_barrier`] is Raft's read index: the leader confirms it is still leader with
@@ -24,6 +30,7 @@
 //! Every request has one deadline ([`ProposerOptions::request_timeout`], etcd's 5 s plus two
 //! election timeouts by default); past it the client gets "etcdserver: request timed out".
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,6 +132,20 @@ impl RaftProposer {
         }
     }
 
+    /// Resolves once Raft reports a leader other than `leader`: the moment to stop waiting on
+    /// `leader`, in flight or between attempts. Never resolves once Raft has stopped (the
+    /// caller's deadline ends the wait then).
+    async fn leader_other_than(&self, leader: NodeId) {
+        let mut metrics = self.metrics.clone();
+        let stopped = metrics
+            .wait_for(|m| m.current_leader.is_some_and(|now| now != leader))
+            .await
+            .is_err();
+        if stopped {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Proposes until `deadline` (enforced by the caller).
     async fn propose_until(&self, command: Command, deadline: Instant) -> Result<Applied, Error> {
         let mut pause = RetryPause::default();
@@ -142,7 +163,7 @@ impl RaftProposer {
                 Forwarded::Unknown(err) => return Err(err),
                 Forwarded::NotSent(cause) => {
                     tracing::debug!(%leader, %cause, "leader did not take a forwarded write; retrying");
-                    if !pause.wait(deadline).await {
+                    if !pause.wait(deadline, self.leader_other_than(leader)).await {
                         return Err(Error::NoLeader);
                     }
                 }
@@ -180,7 +201,18 @@ impl RaftProposer {
             command: Some(raftpb::Command::from(command.clone())),
         });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        match client.forward(request).await {
+        // A leader that stops answering (paused, partitioned) would hold the write until the
+        // deadline; once another leader is known the old one's term is over, and the write
+        // either committed before it ended or never will. Which one is unknown: etcd answers
+        // "leader changed" then too (its proposals wait on `leaderChanged`).
+        let sent = tokio::select! {
+            sent = client.forward(request) => sent,
+            () = self.leader_other_than(leader) => {
+                tracing::debug!(%leader, "leader replaced while a forwarded write was in flight");
+                return Forwarded::Unknown(leader_changed());
+            }
+        };
+        match sent {
             Ok(response) => {
                 peer.succeeded();
                 match response.into_inner().result {
@@ -239,7 +271,7 @@ impl RaftProposer {
                 // A read changes nothing, so asking again is always safe.
                 Err(ReadIndexError::Retry(cause)) => {
                     tracing::debug!(%leader, %cause, "read index not confirmed; retrying");
-                    if !pause.wait(deadline).await {
+                    if !pause.wait(deadline, self.leader_other_than(leader)).await {
                         return Err(Error::Timeout);
                     }
                 }
@@ -260,7 +292,14 @@ impl RaftProposer {
             .map_err(|e| ReadIndexError::Retry(e.to_string()))?;
         let mut request = tonic::Request::new(ReadIndexRequest {});
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        match client.read_index(request).await {
+        let asked = tokio::select! {
+            asked = client.read_index(request) => asked,
+            // A read changes nothing: ask the new leader instead.
+            () = self.leader_other_than(leader) => {
+                return Err(ReadIndexError::Retry(format!("leader {leader} was replaced")));
+            }
+        };
+        match asked {
             Ok(response) => {
                 peer.succeeded();
                 Ok(Some(response.into_inner().index))
@@ -337,7 +376,7 @@ enum Forwarded {
     Unknown(Error),
 }
 
-/// Growing pauses between attempts, bounded by a deadline.
+/// Growing pauses between attempts, bounded by a deadline, cut short by news (a new leader).
 struct RetryPause {
     next: Duration,
 }
@@ -351,14 +390,20 @@ impl Default for RetryPause {
 }
 
 impl RetryPause {
-    /// Sleeps for the next pause; `false` (without sleeping) if it would end past `deadline`.
-    async fn wait(&mut self, deadline: Instant) -> bool {
+    /// Sleeps for the next pause, or until `news` resolves (then the pauses start over from the
+    /// shortest: the next attempt goes somewhere new); `false` (without sleeping) if the pause
+    /// would end past `deadline`.
+    async fn wait(&mut self, deadline: Instant, news: impl Future<Output = ()>) -> bool {
         let until = Instant::now() + self.next;
         if until >= deadline {
             return false;
         }
-        tokio::time::sleep_until(until).await;
-        self.next = (self.next * 2).min(RETRY_PAUSE_MAX);
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => {
+                self.next = (self.next * 2).min(RETRY_PAUSE_MAX);
+            }
+            () = news => self.next = RETRY_PAUSE_MIN,
+        }
         true
     }
 }
@@ -531,6 +576,28 @@ mod tests {
         }
         assert!(is_not_leader(&not_leader_result()));
         assert!(!is_not_leader(&leader_changed_result()));
+    }
+
+    #[tokio::test]
+    async fn retry_pauses_grow_until_news_cuts_one_short() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut pause = RetryPause::default();
+        assert!(pause.wait(deadline, std::future::pending()).await);
+        assert_eq!(
+            pause.next,
+            RETRY_PAUSE_MIN * 2,
+            "a full pause doubles the next"
+        );
+        pause.next = RETRY_PAUSE_MAX;
+        let started = Instant::now();
+        assert!(pause.wait(deadline, std::future::ready(())).await);
+        assert!(started.elapsed() < RETRY_PAUSE_MAX, "news ends the pause");
+        assert_eq!(pause.next, RETRY_PAUSE_MIN, "and starts the pauses over");
+        let soon = Instant::now() + RETRY_PAUSE_MIN / 2;
+        assert!(
+            !pause.wait(soon, std::future::ready(())).await,
+            "past the deadline"
+        );
     }
 
     #[tokio::test]

@@ -2,7 +2,6 @@
 //! leader; a member that is not the leader forwards the call to the leader's client URL.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use kvstore_proto::etcdserverpb::{
     cluster_client::ClusterClient, cluster_server::Cluster, Member, MemberAddRequest,
@@ -15,10 +14,6 @@ use tonic::{Request, Response, Status};
 
 use crate::node::Node;
 use crate::raft::membership;
-use crate::Error;
-
-/// How long forwarding a membership call to the leader may take to connect.
-const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The Cluster service of one member.
 pub struct ClusterService {
@@ -56,23 +51,7 @@ impl ClusterService {
 
     /// None when this member leads (run the change here); otherwise a client of the leader.
     async fn leader_client(&self) -> Result<Option<ClusterClient<Channel>>, Status> {
-        let me = self.node.membership.member_id;
-        let leader = self.node.proposer.leader().ok_or(Error::NoLeader)?;
-        if leader == me {
-            return Ok(None);
-        }
-        let published = crate::membership::published_attributes(self.node.store.backend())?;
-        let url = published
-            .get(&leader)
-            .and_then(|a| a.client_urls.first().cloned())
-            .ok_or(Error::LeaderChanged)?;
-        let channel = Channel::from_shared(url)
-            .map_err(|e| Error::Internal(format!("leader URL: {e}")))?
-            .connect_timeout(FORWARD_CONNECT_TIMEOUT)
-            .connect()
-            .await
-            .map_err(|_| Error::LeaderChanged)?;
-        Ok(Some(ClusterClient::new(channel)))
+        Ok(self.node.leader_channel().await?.map(ClusterClient::new))
     }
 
     /// The header of a Cluster response (etcd's carries no revision).

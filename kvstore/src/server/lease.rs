@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use futures::Stream;
 use kvstore_proto::etcdserverpb::{
-    lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
-    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    lease_client::LeaseClient, lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -76,6 +77,10 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = req.into_inner();
+        // Only the leader's lessor runs the timers: etcd forwards this query to the leader.
+        if let Some(leader) = self.node.leader_channel().await? {
+            return LeaseClient::new(leader).lease_time_to_live(req).await;
+        }
         self.node.proposer.read_barrier().await?;
         let mut resp = match self.node.lessor.time_to_live(req.id, req.keys) {
             Some(ttl) => LeaseTimeToLiveResponse {
@@ -121,6 +126,30 @@ impl Lease for LeaseService {
 /// Serves one keep-alive stream: each request renews its lease and is answered with the TTL
 /// (0 if the lease is gone). Ends when the client closes its side, the client goes away, or
 /// the member shuts down (a stream left open would hold up the graceful shutdown).
+/// Renews one lease: here if this member leads, otherwise on the leader (etcd forwards
+/// keep-alives to the leader, whose lessor runs the timers).
+async fn renew(node: &Node, req: LeaseKeepAliveRequest) -> Result<LeaseKeepAliveResponse, Status> {
+    if let Some(leader) = node.leader_channel().await? {
+        let mut responses = LeaseClient::new(leader)
+            .lease_keep_alive(futures::stream::iter([req]))
+            .await?
+            .into_inner();
+        return responses
+            .message()
+            .await?
+            .ok_or_else(|| Error::LeaderChanged.into());
+    }
+    // The header is taken before renewing, as etcd does: its revision is then never past a
+    // revocation that the renewal missed.
+    let header = node.header(node.store.current_revision());
+    let ttl = node.lessor.renew(req.id).await?;
+    Ok(LeaseKeepAliveResponse {
+        header: Some(header),
+        id: req.id,
+        ttl: ttl.unwrap_or(0),
+    })
+}
+
 async fn keep_alive(
     node: Arc<Node>,
     mut requests: Streaming<LeaseKeepAliveRequest>,
@@ -143,17 +172,7 @@ async fn keep_alive(
                 return;
             }
         };
-        // The header is taken before renewing, as etcd does: its revision is then never past
-        // a revocation that the renewal missed.
-        let header = node.header(node.store.current_revision());
-        let resp = match node.lessor.renew(req.id).await {
-            Ok(ttl) => Ok(LeaseKeepAliveResponse {
-                header: Some(header),
-                id: req.id,
-                ttl: ttl.unwrap_or(0),
-            }),
-            Err(err) => Err(Status::from(err)),
-        };
+        let resp = renew(&node, req).await;
         let failed = resp.is_err();
         if tx.send(resp).await.is_err() || failed {
             return;
