@@ -60,6 +60,15 @@ pub enum Error {
     /// The cluster already has as many learners as allowed (etcd allows one).
     #[error("etcdserver: too many learner members in cluster")]
     TooManyLearners,
+    /// MoveLeader asked on a member that is not the leader.
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    /// MoveLeader named no voter other than the leader.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// The transferee did not become leader in time.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     /// A learner serves only serializable reads and status.
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,

@@ -268,3 +268,78 @@ fn etcdctl_adds_promotes_and_removes_members() {
     );
     drop(procs);
 }
+
+/// (member ID, is leader) of each endpoint, from `etcdctl endpoint status -w table`.
+fn leadership(endpoints: &str) -> Vec<(String, bool)> {
+    let out = etcdctl(endpoints, &["endpoint", "status", "-w", "table"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("| 127."))
+        .map(|l| {
+            let cols: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cols[2].to_string(), cols[5] == "true")
+        })
+        .collect()
+}
+
+#[test]
+fn etcdctl_move_leader_transfers_leadership() {
+    if !Path::new(ETCDCTL).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "etcd-client must be installed in CI"
+        );
+        eprintln!("SKIPPED: install etcd-client to run the move-leader test");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let specs: Vec<Spec> = ["a", "b", "c"].iter().map(|n| Spec::new(n)).collect();
+    let initial: String = specs
+        .iter()
+        .map(|s| format!("{}={}", s.name, s.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let _procs: Vec<Proc> = specs
+        .iter()
+        .map(|s| start(dir.path(), s, &initial, "new"))
+        .collect();
+    let all = specs
+        .iter()
+        .map(Spec::endpoint)
+        .collect::<Vec<_>>()
+        .join(",");
+    let members = eventually(Duration::from_secs(30), "one leader", || {
+        let l = leadership(&all);
+        (l.len() == 3 && l.iter().filter(|(_, lead)| *lead).count() == 1).then_some(l)
+    });
+    for round in 0..2 {
+        let target = members
+            .iter()
+            .map(|(id, _)| id.clone())
+            .find(|id| !leadership(&all).iter().any(|(l, lead)| l == id && *lead))
+            .expect("a follower");
+        let started = Instant::now();
+        let out = ok(&etcdctl(&all, &["move-leader", &target]), "move-leader");
+        assert!(out.contains(&format!("to {target}")), "{out}");
+        eprintln!(
+            "round {round}: leadership moved to {target} in {:?}",
+            started.elapsed()
+        );
+        let now = leadership(&all);
+        assert!(
+            now.iter().any(|(id, lead)| *id == target && *lead),
+            "{target} should lead now: {now:?}"
+        );
+        ok(
+            &etcdctl(&all, &["put", "after-move", "ok"]),
+            "put after move",
+        );
+    }
+    let refused = etcdctl(&all, &["move-leader", "1234"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("bad leader transferee"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

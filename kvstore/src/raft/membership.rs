@@ -162,6 +162,70 @@ pub async fn update(raft: &Raft, id: NodeId, peer_urls: Vec<String>) -> Result<(
     Ok(())
 }
 
+/// Maintenance.MoveLeader on the leader: hands leadership to voter `target`.
+///
+/// openraft 0.9 has no leadership transfer, so it is built from what it has: the leader stops
+/// sending heartbeats (so the other members' leader leases lapse and they will grant a vote), and
+/// asks the target to campaign at once, repeatedly, until the target leads or `limit` passes;
+/// then heartbeats resume. The target's log is complete (it is a voter that acknowledged the
+/// leader's entries), so no committed entry is lost; at worst another member wins the election.
+pub async fn move_leader(
+    raft: &Raft,
+    target: NodeId,
+    limit: std::time::Duration,
+) -> Result<(), Error> {
+    let (me, leader, node) = {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|id| id == target);
+        let node = membership.get_node(&target).cloned();
+        (m.id, m.current_leader, node.filter(|_| is_voter))
+    };
+    if leader != Some(me) {
+        return Err(Error::NotLeader);
+    }
+    if target == me {
+        return Ok(());
+    }
+    let Some(node) = node else {
+        return Err(Error::BadLeaderTransferee);
+    };
+    let url = node
+        .peer_urls
+        .first()
+        .cloned()
+        .ok_or(Error::BadLeaderTransferee)?;
+    let channel = tonic::transport::Channel::from_shared(url)
+        .map_err(|_| Error::BadLeaderTransferee)?
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .connect_lazy();
+    let mut client = kvstore_proto::raftpb::raft_client::RaftClient::new(channel);
+
+    raft.runtime_config().heartbeat(false);
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut metrics = raft.metrics();
+    let result = loop {
+        if metrics.borrow().current_leader == Some(target) {
+            break Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break Err(Error::LeaderTransferTimeout);
+        }
+        // A campaign refused (leases not lapsed yet) is simply asked for again.
+        let _ = client
+            .campaign(kvstore_proto::raftpb::CampaignRequest {})
+            .await;
+        let pause = tokio::time::sleep(std::time::Duration::from_millis(100));
+        tokio::select! {
+            _ = pause => {}
+            _ = metrics.changed() => {}
+        }
+    };
+    raft.runtime_config().heartbeat(true);
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

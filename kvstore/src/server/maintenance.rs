@@ -159,9 +159,14 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _req: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(unimplemented("Maintenance.MoveLeader"))
+        let target = req.into_inner().target_id;
+        let limit = std::time::Duration::from_millis(5 * self.node.config.election_timeout);
+        crate::raft::membership::move_leader(&self.node.raft, target, limit).await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.node.header(self.node.store.current_revision())),
+        }))
     }
 
     async fn downgrade(

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use kvstore_proto::raftpb;
 use kvstore_proto::raftpb::raft_server::{Raft as RaftService, RaftServer};
 use kvstore_proto::raftpb::{
     ForwardRequest, ForwardResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse,
@@ -136,6 +137,18 @@ impl RaftService for PeerService {
         Ok(Response::new(ForwardResponse {
             result: Some(result),
         }))
+    }
+
+    async fn campaign(
+        &self,
+        _request: Request<raftpb::CampaignRequest>,
+    ) -> Result<Response<raftpb::CampaignResponse>, Status> {
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(format!("etcdserver: cannot campaign: {e}")))?;
+        Ok(Response::new(raftpb::CampaignResponse {}))
     }
 
     async fn read_index(

@@ -36,6 +36,8 @@ impl From<Error> for Status {
             | Error::LearnerNotReady
             | Error::TooManyLearners => Code::FailedPrecondition,
             Error::MemberBadUrls => Code::InvalidArgument,
+            Error::NotLeader | Error::LeaderTransferTimeout => Code::Unavailable,
+            Error::BadLeaderTransferee => Code::FailedPrecondition,
             Error::NotSupportedForLearner => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Config(_) | Error::Internal(_) => Code::Internal,
