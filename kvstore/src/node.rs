@@ -12,6 +12,7 @@ use kvstore_proto::etcdserverpb::{
     ResponseHeader,
 };
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::alarm::Alarms;
@@ -27,6 +28,7 @@ use crate::raft::proposer::{ProposerOptions, RaftProposer};
 use crate::raft::read_index::ReadIndexBatch;
 use crate::raft::state_machine::{AfterInstall, StateMachine};
 use crate::raft::types::{MemberNode, Raft};
+use crate::server::authority::AuthorityFix;
 use crate::server::peer::PeerService;
 use crate::server::{
     auth::AuthService, cluster::ClusterService, kv::KvService, lease::LeaseService,
@@ -286,7 +288,8 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
             ))))
             .add_service(AuthServer::new(AuthService));
         let shutdown = node.shutdown.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
+            .map(|conn| conn.map(AuthorityFix::new));
         tasks.spawn(async move {
             tonic::transport::Server::builder()
                 .accept_http1(true)

@@ -6,10 +6,12 @@
 //! - [`cluster`]: the member list (membership changes come with replication).
 //! - [`maintenance`]: status, hashes, alarms, defragmentation.
 //! - [`auth`]: reports authentication disabled.
+//! - [`authority`]: repairs the HTTP/2 `:authority` old etcd clients send, before h2 sees it.
 //! - [`peer`]: the peer service (`raftpb.Raft`) other members' Raft and forwarded writes use.
 //! - [`status`]: the one mapping from errors to etcd's gRPC statuses.
 
 pub mod auth;
+pub mod authority;
 pub mod cluster;
 pub mod kv;
 pub mod lease;
