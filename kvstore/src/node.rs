@@ -254,6 +254,7 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
         tracing::info!(%url, "serving peer traffic");
         let service = PeerService::new(node.raft.clone())
             .with_read_index_batch(Arc::clone(&node.read_batch))
+            .with_identity(node.membership.member_id)
             .into_server();
         let shutdown = node.shutdown.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

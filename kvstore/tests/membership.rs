@@ -51,6 +51,16 @@ impl Spec {
 }
 
 fn start(dir: &Path, spec: &Spec, initial_cluster: &str, state: &str) -> Proc {
+    start_with_token(dir, spec, initial_cluster, state, "membership-test")
+}
+
+fn start_with_token(
+    dir: &Path,
+    spec: &Spec,
+    initial_cluster: &str,
+    state: &str,
+    token: &str,
+) -> Proc {
     let client = format!("http://127.0.0.1:{}", spec.client);
     let log = std::fs::File::create(dir.join(format!("{}.log", spec.name))).expect("log");
     let child = Command::new(env!("CARGO_BIN_EXE_kvstore"))
@@ -67,7 +77,7 @@ fn start(dir: &Path, spec: &Spec, initial_cluster: &str, state: &str) -> Proc {
         .args(["--initial-advertise-peer-urls", &spec.peer_url()])
         .args(["--initial-cluster", initial_cluster])
         .args(["--initial-cluster-state", state])
-        .args(["--initial-cluster-token", "membership-test"])
+        .args(["--initial-cluster-token", token])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -341,5 +351,72 @@ fn etcdctl_move_leader_transfers_leadership() {
         String::from_utf8_lossy(&refused.stderr).contains("bad leader transferee"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+#[test]
+fn a_member_started_with_the_wrong_token_refuses_to_take_part() {
+    if !Path::new(ETCDCTL).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "etcd-client must be installed in CI"
+        );
+        eprintln!("SKIPPED: install etcd-client to run the wrong-token test");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let specs: Vec<Spec> = ["p0", "p1", "p2"].iter().map(|n| Spec::new(n)).collect();
+    let initial: String = specs
+        .iter()
+        .map(|s| format!("{}={}", s.name, s.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let _procs: Vec<Proc> = specs
+        .iter()
+        .map(|s| start(dir.path(), s, &initial, "new"))
+        .collect();
+    let all = specs
+        .iter()
+        .map(Spec::endpoint)
+        .collect::<Vec<_>>()
+        .join(",");
+    eventually(Duration::from_secs(30), "a healthy cluster", || {
+        etcdctl(&all, &["endpoint", "health"])
+            .status
+            .success()
+            .then_some(())
+    });
+    ok(&etcdctl(&all, &["put", "k", "v"]), "put");
+    let joiner = Spec::new("p3");
+    ok(
+        &etcdctl(
+            &all,
+            &[
+                "member",
+                "add",
+                "p3",
+                "--learner",
+                &format!("--peer-urls={}", joiner.peer_url()),
+            ],
+        ),
+        "member add",
+    );
+    let joined = format!("{initial},p3={}", joiner.peer_url());
+    let _joiner = start_with_token(dir.path(), &joiner, &joined, "existing", "another-token");
+    let log_path = dir.path().join("p3.log");
+    eventually(
+        Duration::from_secs(30),
+        "a clear refusal in the joiner's log",
+        || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            log.contains("refused a peer request meant for another member")
+                .then_some(())
+        },
+    );
+    // It never received the data.
+    let out = etcdctl(&joiner.endpoint(), &["get", "k", "--consistency=s"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("k\nv"),
+        "the wrong-token member must not have replicated data"
     );
 }

@@ -72,6 +72,9 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
 /// An RPC error of the Raft network, with the remote API error `E`.
 type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, MemberNode, RaftError<NodeId, E>>;
 
+/// Metadata key: the member ID a peer request is meant for (hex).
+pub const TO_MEMBER_HEADER: &str = "kvstore-to-member";
+
 /// How this member connects to its peers.
 #[derive(Clone, Debug)]
 pub struct PeerOptions {
@@ -208,6 +211,17 @@ impl Peer {
             channel,
             backoff: (options.backoff_min, options.backoff_max),
             health: Mutex::new(Health::default()),
+        }
+    }
+
+    /// Stamps a request with the member it is meant for, so that a process with another
+    /// member ID at this address refuses it; see
+    /// [`crate::server::peer::PeerService::with_identity`]. Member IDs derive from the
+    /// cluster token, so this also catches a member started with the wrong
+    /// `--initial-cluster-token`.
+    pub fn stamp<T>(&self, request: &mut tonic::Request<T>) {
+        if let Ok(to) = format!("{:x}", self.id).parse() {
+            request.metadata_mut().insert(TO_MEMBER_HEADER, to);
         }
     }
 
@@ -415,6 +429,7 @@ impl PeerConnection {
         let ttl = option.hard_ttl();
         let mut request = tonic::Request::new(RaftMessage { data });
         request.set_timeout(ttl);
+        self.peer.stamp(&mut request);
         let attempt = self.peer.attempt(ttl);
         let sent = async {
             match rpc {

@@ -200,6 +200,7 @@ impl RaftProposer {
         let mut request = tonic::Request::new(ForwardRequest {
             command: Some(raftpb::Command::from(command.clone())),
         });
+        peer.stamp(&mut request);
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         // A leader that stops answering (paused, partitioned) would hold the write until the
         // deadline; once another leader is known the old one's term is over, and the write
@@ -291,6 +292,7 @@ impl RaftProposer {
             .client()
             .map_err(|e| ReadIndexError::Retry(e.to_string()))?;
         let mut request = tonic::Request::new(ReadIndexRequest {});
+        peer.stamp(&mut request);
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let asked = tokio::select! {
             asked = client.read_index(request) => asked,

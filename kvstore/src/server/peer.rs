@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::apply::Command;
 use crate::raft::codec;
 use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
+use crate::raft::network::TO_MEMBER_HEADER;
 use crate::raft::proposer::{fatal_error, leader_changed_result, not_leader_result, NOT_LEADER};
 use crate::raft::read_index::{leader_read_index, ReadIndexBatch, ReadIndexError};
 use crate::raft::types::{
@@ -40,6 +41,8 @@ pub struct PeerService {
     raft: Raft,
     /// Read-index rounds, shared with this member's own linearizable reads.
     reads: Arc<ReadIndexBatch>,
+    /// This member's ID, checked against every request's stamp.
+    identity: Option<u64>,
 }
 
 impl PeerService {
@@ -48,6 +51,7 @@ impl PeerService {
         Self {
             raft,
             reads: Arc::default(),
+            identity: None,
         }
     }
 
@@ -57,6 +61,44 @@ impl PeerService {
     pub fn with_read_index_batch(mut self, reads: Arc<ReadIndexBatch>) -> Self {
         self.reads = reads;
         self
+    }
+
+    /// Refuses requests stamped for another member (see
+    /// [`crate::raft::network::Peer::stamp`]): a member started with the wrong
+    /// `--initial-cluster-token` or `--name`, or at an address that belongs to someone else,
+    /// is told so loudly instead of quietly taking part.
+    pub fn with_identity(mut self, member_id: u64) -> Self {
+        self.identity = Some(member_id);
+        self
+    }
+
+    /// Checks a request's stamp against this member's identity.
+    #[allow(clippy::result_large_err)]
+    fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(member_id) = self.identity else {
+            return Ok(());
+        };
+        let stamp = |key: &str| {
+            request
+                .metadata()
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+        };
+        if let Some(to) = stamp(TO_MEMBER_HEADER) {
+            if to != member_id {
+                tracing::error!(
+                    meant_for = %format!("{to:x}"),
+                    this_member = %format!("{member_id:x}"),
+                    "refused a peer request meant for another member (different \
+                     --initial-cluster-token, --name or peer URL than the cluster expects?)"
+                );
+                return Err(Status::failed_precondition(format!(
+                    "raft: request meant for member {to:x}, this is member {member_id:x}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The tonic service, with the message limits both ends of the peer service use.
@@ -93,11 +135,13 @@ impl RaftService for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check(&request)?;
         let rpc: AppendEntriesRequest = decode(request)?;
         reply(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check(&request)?;
         let rpc: VoteRequest = decode(request)?;
         reply(&self.raft.vote(rpc).await)
     }
@@ -106,6 +150,7 @@ impl RaftService for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check(&request)?;
         let rpc: InstallSnapshotRequest = decode(request)?;
         reply(&self.raft.install_snapshot(rpc).await)
     }
@@ -114,6 +159,7 @@ impl RaftService for PeerService {
         &self,
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardResponse>, Status> {
+        self.check(&request)?;
         let command = request
             .into_inner()
             .command
@@ -141,8 +187,9 @@ impl RaftService for PeerService {
 
     async fn campaign(
         &self,
-        _request: Request<raftpb::CampaignRequest>,
+        request: Request<raftpb::CampaignRequest>,
     ) -> Result<Response<raftpb::CampaignResponse>, Status> {
+        self.check(&request)?;
         self.raft
             .trigger()
             .elect()
@@ -153,8 +200,9 @@ impl RaftService for PeerService {
 
     async fn read_index(
         &self,
-        _request: Request<ReadIndexRequest>,
+        request: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
+        self.check(&request)?;
         if !self.is_leader() {
             return Err(Status::unavailable(NOT_LEADER));
         }
