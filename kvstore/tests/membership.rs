@@ -104,6 +104,16 @@ fn ok(out: &Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The member ID `etcdctl member list` shows for `name`.
+fn list_id(endpoints: &str, name: &str) -> String {
+    let list = ok(&etcdctl(endpoints, &["member", "list"]), "member list");
+    list.lines()
+        .find(|l| l.contains(&format!(", {name}, ")))
+        .and_then(|l| l.split(',').next())
+        .unwrap_or_else(|| panic!("{name} not in {list}"))
+        .to_string()
+}
+
 /// Retries `f` until it returns Some or `limit` passes.
 fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -236,6 +246,32 @@ fn etcdctl_adds_promotes_and_removes_members() {
         "linearizable get",
     );
     assert_eq!(got, "from-m3\nyes\n");
+
+    // MemberUpdate: give m1 a second peer URL; the list shows both, and m1 keeps working.
+    let m1_id = list_id(&all, "m1");
+    let extra_url = format!("http://127.0.0.1:{}", free_port());
+    let out = ok(
+        &etcdctl(
+            &all,
+            &[
+                "member",
+                "update",
+                &m1_id,
+                &format!("--peer-urls={},{extra_url}", specs[1].peer_url()),
+            ],
+        ),
+        "member update",
+    );
+    assert!(out.contains("updated in cluster"), "{out}");
+    let list = ok(
+        &etcdctl(&all, &["member", "list"]),
+        "member list after update",
+    );
+    assert!(list.contains(&extra_url), "{list}");
+    ok(
+        &etcdctl(&specs[1].endpoint(), &["put", "via-m1", "ok"]),
+        "put through m1",
+    );
 
     // Remove m0 and stop it: four members become three, and the cluster keeps serving.
     let list = ok(&etcdctl(&all, &["member", "list"]), "member list");
