@@ -3,112 +3,16 @@
 //! member shrinks the quorum, so the cluster survives losing one more.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kvstore_proto::etcdserverpb::{
     kv_client::KvClient, request_op::Request as Op, PutRequest, RequestOp, TxnRequest,
 };
 
-const ETCDCTL: &str = "/usr/bin/etcdctl";
+#[path = "support/members.rs"]
+mod members;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A kvstore process, killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Spec {
-    name: String,
-    client: u16,
-    peer: u16,
-}
-
-impl Spec {
-    fn new(name: &str) -> Self {
-        Self {
-            name: name.to_string(),
-            client: free_port(),
-            peer: free_port(),
-        }
-    }
-
-    fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client)
-    }
-}
-
-fn start_with(dir: &Path, spec: &Spec, initial_cluster: &str, state: &str, extra: &[&str]) -> Proc {
-    let client = format!("http://127.0.0.1:{}", spec.client);
-    let log = std::fs::File::create(dir.join(format!("{}.log", spec.name))).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_kvstore"))
-        .args(["--name", &spec.name])
-        .arg("--data-dir")
-        .arg(dir.join(&spec.name))
-        .args([
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-        ])
-        .args(["--listen-peer-urls", &spec.peer_url()])
-        .args(["--initial-advertise-peer-urls", &spec.peer_url()])
-        .args(["--initial-cluster", initial_cluster])
-        .args(["--initial-cluster-state", state])
-        .args(["--initial-cluster-token", "membership-test"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start kvstore");
-    Proc(child)
-}
-
-fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
-    Command::new(ETCDCTL)
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .args(args)
-        .output()
-        .expect("run etcdctl")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Retries `f` until it returns Some or `limit` passes.
-fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use members::*;
 
 const KEYS: usize = 100_000;
 const PER_TXN: usize = 128;
@@ -182,7 +86,7 @@ async fn learner_catches_up_100k_keys_by_snapshot_then_quorum_shrinks() {
         .join(",");
     let mut procs: Vec<Option<Proc>> = specs
         .iter()
-        .map(|s| Some(start_with(dir.path(), s, &initial, "new", &extra)))
+        .map(|s| Some(start_with(dir.path(), s, &initial, "new", TOKEN, &extra)))
         .collect();
     let all = specs
         .iter()
@@ -221,7 +125,7 @@ async fn learner_catches_up_100k_keys_by_snapshot_then_quorum_shrinks() {
         .to_string();
     let joined = format!("{initial},m3={}", learner.peer_url());
     let started = Instant::now();
-    let _learner = start_with(dir.path(), &learner, &joined, "existing", &extra);
+    let _learner = start_with(dir.path(), &learner, &joined, "existing", TOKEN, &extra);
     eventually(Duration::from_secs(120), "the learner to catch up", || {
         revision(&learner.endpoint()).filter(|r| *r >= target)
     });

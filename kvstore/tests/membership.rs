@@ -4,127 +4,12 @@
 //! serving throughout.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const ETCDCTL: &str = "/usr/bin/etcdctl";
+#[path = "support/members.rs"]
+mod members;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A kvstore process, killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Spec {
-    name: String,
-    client: u16,
-    peer: u16,
-}
-
-impl Spec {
-    fn new(name: &str) -> Self {
-        Self {
-            name: name.to_string(),
-            client: free_port(),
-            peer: free_port(),
-        }
-    }
-
-    fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client)
-    }
-}
-
-fn start(dir: &Path, spec: &Spec, initial_cluster: &str, state: &str) -> Proc {
-    start_with_token(dir, spec, initial_cluster, state, "membership-test")
-}
-
-fn start_with_token(
-    dir: &Path,
-    spec: &Spec,
-    initial_cluster: &str,
-    state: &str,
-    token: &str,
-) -> Proc {
-    let client = format!("http://127.0.0.1:{}", spec.client);
-    let log = std::fs::File::create(dir.join(format!("{}.log", spec.name))).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_kvstore"))
-        .args(["--name", &spec.name])
-        .arg("--data-dir")
-        .arg(dir.join(&spec.name))
-        .args([
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-        ])
-        .args(["--listen-peer-urls", &spec.peer_url()])
-        .args(["--initial-advertise-peer-urls", &spec.peer_url()])
-        .args(["--initial-cluster", initial_cluster])
-        .args(["--initial-cluster-state", state])
-        .args(["--initial-cluster-token", token])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start kvstore");
-    Proc(child)
-}
-
-fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
-    Command::new(ETCDCTL)
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .args(args)
-        .output()
-        .expect("run etcdctl")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The member ID `etcdctl member list` shows for `name`.
-fn list_id(endpoints: &str, name: &str) -> String {
-    let list = ok(&etcdctl(endpoints, &["member", "list"]), "member list");
-    list.lines()
-        .find(|l| l.contains(&format!(", {name}, ")))
-        .and_then(|l| l.split(',').next())
-        .unwrap_or_else(|| panic!("{name} not in {list}"))
-        .to_string()
-}
-
-/// Retries `f` until it returns Some or `limit` passes.
-fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use members::*;
 
 #[test]
 fn etcdctl_adds_promotes_and_removes_members() {
@@ -438,7 +323,14 @@ fn a_member_started_with_the_wrong_token_refuses_to_take_part() {
         "member add",
     );
     let joined = format!("{initial},p3={}", joiner.peer_url());
-    let _joiner = start_with_token(dir.path(), &joiner, &joined, "existing", "another-token");
+    let _joiner = start_with(
+        dir.path(),
+        &joiner,
+        &joined,
+        "existing",
+        "another-token",
+        &[],
+    );
     let log_path = dir.path().join("p3.log");
     eventually(
         Duration::from_secs(30),
