@@ -15,6 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/members.rs"]
+mod members;
+
+use members::kvctl_binary;
+
 const ETCD: &str = "/usr/bin/etcd";
 const ETCDCTL: &str = "/usr/bin/etcdctl";
 const NAME: &str = "default";
@@ -294,21 +299,6 @@ fn mask(text: &str, vars: &HashMap<String, String>) -> String {
     t = mask_after(&t, "took = ", word, "<TIME>");
     t = mask_after(&t, "remaining(", digit, "<TTL>");
     t
-}
-
-fn kvctl_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_kvstore")).with_file_name("kvctl");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "kvctl"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build -p kvctl");
-        assert!(status.success(), "cargo build -p kvctl failed");
-    }
-    assert!(path.exists(), "kvctl not found at {}", path.display());
-    path
 }
 
 #[test]

@@ -131,3 +131,18 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The `kvctl` binary next to `kvstore`, built if `cargo test` did not build it.
+pub fn kvctl_binary() -> std::path::PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_kvstore")).with_file_name("kvctl");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "kvctl"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build -p kvctl");
+        assert!(status.success(), "cargo build -p kvctl failed");
+    }
+    path
+}

@@ -79,6 +79,9 @@ pub enum Command {
     Alarm(alarm::AlarmArgs),
     /// Defragments the storage of the members with given endpoints
     Defrag(maintenance::DefragArgs),
+    /// Transfers leadership to another member
+    #[command(name = "move-leader")]
+    MoveLeader(maintenance::MoveLeaderArgs),
     /// Prints the version of kvctl
     Version,
 }
@@ -181,6 +184,7 @@ pub async fn run(cli: Cli, ctx: &Context) -> Result<()> {
         Command::Member(a) => member::run(ctx, a).await,
         Command::Alarm(a) => alarm::run(ctx, a).await,
         Command::Defrag(a) => maintenance::defrag(ctx, a).await,
+        Command::MoveLeader(a) => maintenance::move_leader(ctx, a).await,
         Command::Version => crate::output::emit(&crate::output::notices::version()),
     }
 }

@@ -1,10 +1,12 @@
-//! `compaction` and `defrag`: reclaiming history and space.
+//! `compaction` and `defrag`: reclaiming history and space; `move-leader`.
 //!
 //! `snapshot save | status | restore` will live here too (Maintenance.Snapshot and the
 //! offline restore); they are not implemented yet.
 
 use clap::Args;
-use kvstore_proto::etcdserverpb::{CompactionRequest, DefragmentRequest};
+use kvstore_proto::etcdserverpb::{
+    CompactionRequest, DefragmentRequest, MoveLeaderRequest, StatusRequest,
+};
 
 use crate::cli::Context;
 use crate::client::Client;
@@ -75,4 +77,44 @@ pub async fn defrag(ctx: &Context, args: DefragArgs) -> Result<()> {
         return Err(Error::Reported);
     }
     Ok(())
+}
+
+/// Arguments of `move-leader`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct MoveLeaderArgs {
+    /// The member ID (hex) to hand leadership to.
+    #[arg(value_name = "TRANSFEREE_ID")]
+    pub args: Vec<String>,
+}
+
+/// `move-leader`: finds the leader among `--endpoints` (as etcdctl does) and asks it to hand
+/// leadership to the transferee.
+pub async fn move_leader(ctx: &Context, args: MoveLeaderArgs) -> Result<()> {
+    let [target] = args.args.as_slice() else {
+        return Err(Error::BadArgs(
+            "move-leader command needs 1 argument".into(),
+        ));
+    };
+    let target = go::parse_uint(target, 16).map_err(Error::BadArgs)?;
+    for endpoint in &ctx.settings.endpoints {
+        let client = Client::connect_one(endpoint, &ctx.settings).await?;
+        let status = client
+            .unary(client.maintenance().status(StatusRequest {}))
+            .await?;
+        let member = status.header.as_ref().map_or(0, |h| h.member_id);
+        if member != 0 && member == status.leader {
+            client
+                .unary(
+                    client
+                        .maintenance()
+                        .move_leader(MoveLeaderRequest { target_id: target }),
+                )
+                .await?;
+            return emit(&notices::leadership_transferred(status.leader, target));
+        }
+    }
+    Err(Error::BadArgs(format!(
+        "no leader endpoint given at {:?}",
+        ctx.settings.endpoints
+    )))
 }

@@ -14,6 +14,11 @@ pub fn defragmented(endpoint: &str) -> Rendered {
     Rendered::out(format!("Finished defragmenting etcd member[{endpoint}]\n"))
 }
 
+/// `move-leader`.
+pub fn leadership_transferred(from: u64, to: u64) -> Rendered {
+    Rendered::out(format!("Leadership transferred from {from:x} to {to:x}\n"))
+}
+
 /// `defrag`, one line per endpoint that failed.
 pub fn defrag_failed(endpoint: &str, err: &str) -> Rendered {
     Rendered::err(format!(
