@@ -63,6 +63,8 @@ pub struct Node {
     pub raft: Raft,
     /// Read-index rounds, shared by local linearizable reads and followers' ReadIndex calls.
     pub read_batch: Arc<ReadIndexBatch>,
+    /// Connections to the other members (forgotten when a member is removed).
+    pub peers: Arc<Peers>,
     /// A client connection to the leader's client URL (for the calls etcd forwards there:
     /// lease keep-alives and TTL queries, membership changes), with the leader it is for.
     leader_conn: parking_lot::Mutex<Option<(u64, tonic::transport::Channel)>>,
@@ -162,6 +164,7 @@ impl Node {
             lessor,
             raft,
             read_batch,
+            peers,
             leader_conn: parking_lot::Mutex::new(None),
             shutdown: CancellationToken::new(),
         }))

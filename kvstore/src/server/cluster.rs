@@ -97,7 +97,9 @@ impl Cluster for ClusterService {
         if let Some(mut leader) = self.leader_client().await? {
             return leader.member_remove(req.into_inner()).await;
         }
-        membership::remove(&self.node.raft, req.into_inner().id).await?;
+        let id = req.into_inner().id;
+        membership::remove(&self.node.raft, id).await?;
+        self.node.peers.remove(id);
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
             members: self.members()?,
