@@ -26,6 +26,14 @@ pub struct Metrics {
     pub watchers: IntGauge,
     /// Whether a leader is known (set at scrape).
     has_leader: IntGauge,
+    /// Whether this member leads (set at scrape).
+    is_leader: IntGauge,
+    /// Leader changes this member has seen since it started.
+    pub leader_changes: IntCounter,
+    /// Raft log entries applied (set at scrape).
+    proposals_applied: IntGauge,
+    /// The current Raft term (set at scrape).
+    term: IntGauge,
     /// Bytes on disk (set at scrape).
     db_size: IntGauge,
     /// Keys with history in the index (set at scrape).
@@ -94,6 +102,26 @@ impl Metrics {
                 "etcd_server_has_leader",
                 "Whether or not a leader exists. 1 is existence, 0 is not.",
             ),
+            is_leader: gauge(
+                &r,
+                "etcd_server_is_leader",
+                "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            ),
+            leader_changes: counter(
+                &r,
+                "etcd_server_leader_changes_seen_total",
+                "The number of leader changes seen.",
+            ),
+            proposals_applied: gauge(
+                &r,
+                "etcd_server_proposals_applied_total",
+                "The total number of consensus proposals applied.",
+            ),
+            term: gauge(
+                &r,
+                "etcd_server_term",
+                "The current Raft term of this member.",
+            ),
             db_size: gauge(
                 &r,
                 "etcd_mvcc_db_total_size_in_bytes",
@@ -120,8 +148,12 @@ impl Metrics {
 
     /// The text exposition of every metric, with the gauges read from the node now.
     pub fn render(&self, node: &Node) -> String {
-        self.has_leader
-            .set(i64::from(node.proposer.leader().is_some()));
+        let leader = node.proposer.leader();
+        self.has_leader.set(i64::from(leader.is_some()));
+        self.is_leader
+            .set(i64::from(leader == Some(node.membership.member_id)));
+        self.proposals_applied.set(node.applied_index() as i64);
+        self.term.set(node.proposer.term() as i64);
         self.db_size.set(node.store.backend().size_bytes() as i64);
         self.keys.set(node.store.index_len() as i64);
         self.current_revision.set(node.store.current_revision());

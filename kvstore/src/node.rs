@@ -151,7 +151,8 @@ impl Node {
         let proposer: Arc<dyn Proposer> = raft_proposer;
         let lessor = Lessor::new(Arc::clone(&store), Arc::clone(&proposer));
         lessor.bind(LessorOptions::from_config(member_id, &config));
-        follow_leadership(&raft, Arc::clone(&lessor));
+        let metrics = Metrics::new();
+        follow_leadership(&raft, Arc::clone(&lessor), metrics.leader_changes.clone());
         wait_for_leader(&raft, Duration::from_millis(3 * config.election_timeout)).await;
         Ok(Arc::new(Self {
             config,
@@ -159,7 +160,7 @@ impl Node {
             alarms,
             proposer,
             membership,
-            metrics: Metrics::new(),
+            metrics,
             watch_hub,
             lessor,
             raft,
@@ -350,14 +351,18 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
     result
 }
 
-/// Tells the lessor about every change of leader as soon as Raft reports it.
-fn follow_leadership(raft: &Raft, lessor: Arc<Lessor>) {
+/// Tells the lessor about every change of leader as soon as Raft reports it, and counts the
+/// changes (`etcd_server_leader_changes_seen_total`).
+fn follow_leadership(raft: &Raft, lessor: Arc<Lessor>, changes: prometheus::IntCounter) {
     let mut metrics = raft.metrics();
     tokio::spawn(async move {
         let mut leader = None;
         loop {
             let now = metrics.borrow_and_update().current_leader;
             if now != leader {
+                if now.is_some() {
+                    changes.inc();
+                }
                 leader = now;
                 lessor.leadership_changed();
             }

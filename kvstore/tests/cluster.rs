@@ -179,3 +179,37 @@ async fn killing_every_member_loses_nothing() {
         assert_eq!(get(&mut kv, "k0199", true).await.as_deref(), Some("199"));
     }
 }
+
+/// GET `path` over HTTP/1.1 on a member's client port (served beside gRPC, as etcd does).
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut body = String::new();
+    let _ = conn.read_to_string(&mut body);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_agree_on_one_leader() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    let mut leaders = Vec::new();
+    for i in 0..3 {
+        let port = cluster.client_port(i);
+        let metrics = http_get(port, "/metrics");
+        assert!(metrics.contains("etcd_server_has_leader 1"), "{metrics}");
+        if metrics.contains("etcd_server_is_leader 1") {
+            leaders.push(i);
+        }
+        let health = http_get(port, "/health");
+        assert!(health.contains("{\"health\":\"true\"}"), "{health}");
+    }
+    assert_eq!(leaders, vec![leader], "exactly the leader says it leads");
+}

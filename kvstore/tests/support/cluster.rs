@@ -185,6 +185,11 @@ impl Cluster {
         format!("http://127.0.0.1:{}", self.members[i].client)
     }
 
+    /// Member `i`'s client port.
+    pub fn client_port(&self, i: usize) -> u16 {
+        self.members[i].client
+    }
+
     pub async fn channel(&self, i: usize) -> Channel {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
