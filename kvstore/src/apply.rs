@@ -5,6 +5,7 @@
 //! log and every member's applier runs it when committed. Either way the gRPC services above see
 //! only [`Proposer::propose`], so replication slots in underneath without touching them.
 
+#[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -21,6 +22,8 @@ use crate::alarm::Alarms;
 use crate::mvcc::{self, KvStore, LeaseRecord};
 
 /// A state-changing request, as ordered by the proposer (etcd's `InternalRaftRequest`).
+/// KV requests are validated (`mvcc::validate`) before they are proposed; applying does not
+/// check them again.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// KV.Put.
@@ -93,12 +96,14 @@ impl Applier {
         Ok(match command {
             Command::Put(req) => {
                 self.alarms.check_write()?;
-                Applied::Put(store.put(&req)?.0)
+                Applied::Put(store.put_validated(&req)?.0)
             }
-            Command::DeleteRange(req) => Applied::DeleteRange(store.delete_range(&req)?.0),
+            Command::DeleteRange(req) => {
+                Applied::DeleteRange(store.delete_range_validated(&req)?.0)
+            }
             Command::Txn(req) => {
                 self.alarms.check_write()?;
-                Applied::Txn(store.txn(&req)?.0)
+                Applied::Txn(store.txn_validated(&req)?.0)
             }
             Command::Compact(req) => {
                 let job = store.compact(req.revision)?;
@@ -195,7 +200,9 @@ pub trait Proposer: Send + Sync + 'static {
     fn applied_index(&self) -> u64;
 }
 
-/// The proposer of a single member: applies each command directly, in arrival order.
+/// A proposer that applies each command directly, in arrival order: the test double (a real
+/// implementation of the trait) for the layers above the proposer. Members use `RaftProposer`.
+#[cfg(test)]
 pub struct LocalProposer {
     /// The state machine.
     applier: Arc<Applier>,
@@ -205,6 +212,7 @@ pub struct LocalProposer {
     applied: Arc<AtomicU64>,
 }
 
+#[cfg(test)]
 impl LocalProposer {
     /// A proposer that applies straight to `applier`; its applied index starts at `applied`.
     pub fn new(applier: Arc<Applier>, member_id: u64, applied: u64) -> Self {
@@ -216,6 +224,7 @@ impl LocalProposer {
     }
 }
 
+#[cfg(test)]
 #[tonic::async_trait]
 impl Proposer for LocalProposer {
     async fn propose(&self, command: Command) -> Result<Applied, crate::Error> {

@@ -51,6 +51,12 @@ impl KvStore {
     /// etcd's Put, as a transaction of its own.
     pub fn put(&self, req: &PutRequest) -> Result<(PutResponse, Committed)> {
         validate::put(req, self.limits())?;
+        self.put_validated(req)
+    }
+
+    /// [`KvStore::put`] for a request already checked with [`validate::put`] (the server
+    /// validates before proposing, so the state machine does not check again).
+    pub fn put_validated(&self, req: &PutRequest) -> Result<(PutResponse, Committed)> {
         let mut txn = self.write();
         let resp = put(&mut txn, req)?;
         Ok((resp, txn.commit()?))
@@ -62,6 +68,14 @@ impl KvStore {
         req: &DeleteRangeRequest,
     ) -> Result<(DeleteRangeResponse, Committed)> {
         validate::delete_range(req, self.limits())?;
+        self.delete_range_validated(req)
+    }
+
+    /// [`KvStore::delete_range`] for a request already checked with [`validate::delete_range`].
+    pub fn delete_range_validated(
+        &self,
+        req: &DeleteRangeRequest,
+    ) -> Result<(DeleteRangeResponse, Committed)> {
         let mut txn = self.write();
         let resp = delete_range(&mut txn, req)?;
         Ok((resp, txn.commit()?))
@@ -70,6 +84,11 @@ impl KvStore {
     /// etcd's Txn. The returned `Committed` is empty for a transaction that only read.
     pub fn txn(&self, req: &TxnRequest) -> Result<(TxnResponse, Committed)> {
         validate::txn(req, self.limits())?;
+        self.txn_validated(req)
+    }
+
+    /// [`KvStore::txn`] for a request already checked with [`validate::txn`].
+    pub fn txn_validated(&self, req: &TxnRequest) -> Result<(TxnResponse, Committed)> {
         if is_read_only(req) {
             let view = self.read();
             let mut view = View::Read(&view);

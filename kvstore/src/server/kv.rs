@@ -102,7 +102,7 @@ impl Kv for KvService {
             if !txn_serializable(&req) {
                 self.node.proposer.read_barrier().await?;
             }
-            let (mut resp, _) = self.node.store.txn(&req)?;
+            let (mut resp, _) = self.node.store.txn_validated(&req)?;
             self.node.fill_header(&mut resp.header);
             return Ok(Response::new(resp));
         }
