@@ -78,27 +78,12 @@ async fn learner_catches_up_100k_keys_by_snapshot_then_quorum_shrinks() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A small snapshot count, so the log is purged and a new member needs a snapshot.
     let extra = ["--snapshot-count", "100", "--unsafe-no-fsync"];
-    let specs: Vec<Spec> = ["m0", "m1", "m2"].iter().map(|n| Spec::new(n)).collect();
-    let initial: String = specs
-        .iter()
-        .map(|s| format!("{}={}", s.name, s.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut procs: Vec<Option<Proc>> = specs
-        .iter()
-        .map(|s| Some(start_with(dir.path(), s, &initial, "new", TOKEN, &extra)))
-        .collect();
-    let all = specs
-        .iter()
-        .map(Spec::endpoint)
-        .collect::<Vec<_>>()
-        .join(",");
-    eventually(Duration::from_secs(30), "a healthy cluster", || {
-        etcdctl(&all, &["endpoint", "health"])
-            .status
-            .success()
-            .then_some(())
-    });
+    let StartedCluster {
+        specs,
+        initial,
+        mut procs,
+        all,
+    } = start_cluster(dir.path(), &["m0", "m1", "m2"], &extra);
     let loading = Instant::now();
     load(specs[0].endpoint()).await;
     eprintln!("loaded {KEYS} keys in {:?}", loading.elapsed());

@@ -22,27 +22,12 @@ fn etcdctl_adds_promotes_and_removes_members() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let specs: Vec<Spec> = ["m0", "m1", "m2"].iter().map(|n| Spec::new(n)).collect();
-    let initial: String = specs
-        .iter()
-        .map(|s| format!("{}={}", s.name, s.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut procs: Vec<Option<Proc>> = specs
-        .iter()
-        .map(|s| Some(start(dir.path(), s, &initial, "new")))
-        .collect();
-    let all = specs
-        .iter()
-        .map(Spec::endpoint)
-        .collect::<Vec<_>>()
-        .join(",");
-    eventually(Duration::from_secs(30), "a healthy cluster", || {
-        etcdctl(&all, &["endpoint", "health"])
-            .status
-            .success()
-            .then_some(())
-    });
+    let StartedCluster {
+        specs,
+        initial,
+        mut procs,
+        all,
+    } = start_cluster(dir.path(), &["m0", "m1", "m2"], &[]);
     for i in 0..300 {
         ok(
             &etcdctl(&specs[i % 3].endpoint(), &["put", &format!("k{i:04}"), "v"]),
@@ -224,21 +209,9 @@ fn etcdctl_move_leader_transfers_leadership() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let specs: Vec<Spec> = ["a", "b", "c"].iter().map(|n| Spec::new(n)).collect();
-    let initial: String = specs
-        .iter()
-        .map(|s| format!("{}={}", s.name, s.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",");
-    let _procs: Vec<Proc> = specs
-        .iter()
-        .map(|s| start(dir.path(), s, &initial, "new"))
-        .collect();
-    let all = specs
-        .iter()
-        .map(Spec::endpoint)
-        .collect::<Vec<_>>()
-        .join(",");
+    let StartedCluster {
+        procs: _procs, all, ..
+    } = start_cluster(dir.path(), &["a", "b", "c"], &[]);
     let members = eventually(Duration::from_secs(30), "one leader", || {
         let l = leadership(&all);
         (l.len() == 3 && l.iter().filter(|(_, lead)| *lead).count() == 1).then_some(l)
@@ -301,27 +274,12 @@ fn a_member_started_with_the_wrong_token_refuses_to_take_part() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let specs: Vec<Spec> = ["p0", "p1", "p2"].iter().map(|n| Spec::new(n)).collect();
-    let initial: String = specs
-        .iter()
-        .map(|s| format!("{}={}", s.name, s.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",");
-    let _procs: Vec<Proc> = specs
-        .iter()
-        .map(|s| start(dir.path(), s, &initial, "new"))
-        .collect();
-    let all = specs
-        .iter()
-        .map(Spec::endpoint)
-        .collect::<Vec<_>>()
-        .join(",");
-    eventually(Duration::from_secs(30), "a healthy cluster", || {
-        etcdctl(&all, &["endpoint", "health"])
-            .status
-            .success()
-            .then_some(())
-    });
+    let StartedCluster {
+        initial,
+        procs: _procs,
+        all,
+        ..
+    } = start_cluster(dir.path(), &["p0", "p1", "p2"], &[]);
     ok(&etcdctl(&all, &["put", "k", "v"]), "put");
     let joiner = Spec::new("p3");
     ok(

@@ -146,3 +146,47 @@ pub fn kvctl_binary() -> std::path::PathBuf {
     }
     path
 }
+
+/// A cluster started by [`start_cluster`].
+pub struct StartedCluster {
+    /// Its members, in the order of the names given.
+    pub specs: Vec<Spec>,
+    /// The `--initial-cluster` flag they were started with.
+    pub initial: String,
+    /// Their processes (`None` once a test stopped one).
+    pub procs: Vec<Option<Proc>>,
+    /// Every client endpoint, comma-separated (etcdctl's `--endpoints`).
+    pub all: String,
+}
+
+/// Starts a new cluster of members named `names` (with `extra` flags each) and waits until
+/// `etcdctl endpoint health` passes on all of them.
+pub fn start_cluster(dir: &Path, names: &[&str], extra: &[&str]) -> StartedCluster {
+    let specs: Vec<Spec> = names.iter().map(|n| Spec::new(n)).collect();
+    let initial = specs
+        .iter()
+        .map(|s| format!("{}={}", s.name, s.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let procs = specs
+        .iter()
+        .map(|s| Some(start_with(dir, s, &initial, "new", TOKEN, extra)))
+        .collect();
+    let all = specs
+        .iter()
+        .map(Spec::endpoint)
+        .collect::<Vec<_>>()
+        .join(",");
+    eventually(Duration::from_secs(30), "a healthy cluster", || {
+        etcdctl(&all, &["endpoint", "health"])
+            .status
+            .success()
+            .then_some(())
+    });
+    StartedCluster {
+        specs,
+        initial,
+        procs,
+        all,
+    }
+}
