@@ -115,8 +115,12 @@ impl Node {
         let log_store = LogStore::open_with_fsync(Arc::clone(&store), !config.unsafe_no_fsync)
             .map_err(raft_error)?;
         let reload_alarms = Arc::clone(&alarms);
+        let hub = Arc::downgrade(&watch_hub);
         let after_install: AfterInstall = Arc::new(move |store: &KvStore| {
             reload_alarms.reload(store.backend())?;
+            if let Some(hub) = hub.upgrade() {
+                hub.store_replaced();
+            }
             Ok(())
         });
         let state_machine = StateMachine::open(

@@ -214,6 +214,27 @@ impl WatchHub {
         hub
     }
 
+    /// The store's contents were replaced (a Raft snapshot installed): no commit reported the
+    /// revisions in between, so every synced watcher goes back to catching up from the last
+    /// revision it was given (etcd's watchable store does the same on restore). Those that
+    /// now fall below the compacted revision are cancelled with `compact_revision`.
+    pub fn store_replaced(&self) {
+        let mut state = self.state.lock();
+        let resume_from = state.rev + 1;
+        let synced: Vec<WatcherKey> = state
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.state == WatcherState::Synced)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in synced {
+            state.set_aside(key, resume_from, WatcherState::Unsynced);
+        }
+        state.rev = self.store.current_revision();
+        drop(state);
+        self.wake.wake();
+    }
+
     /// The last revision dispatched to synced watchers.
     pub fn revision(&self) -> i64 {
         self.state.lock().rev

@@ -347,3 +347,46 @@ async fn a_victim_that_falls_behind_a_compaction_is_cancelled() {
     }
     assert_eq!(f.hub.watcher_state(w), None);
 }
+
+#[tokio::test]
+async fn synced_watchers_catch_up_after_the_store_is_replaced() {
+    use prost::Message;
+    let f = fixture(HubConfig::default());
+    let stream = f.hub.open_stream();
+    let key = stream.watch(spec(prefix("/r/"), 0)).key;
+    // Contents arrive as a Raft snapshot would: written under the store, not committed
+    // through it, so no commit tells the hub.
+    f.store
+        .replace_contents(|backend| {
+            let kv = kvstore_proto::mvccpb::KeyValue {
+                key: b"/r/x".to_vec(),
+                create_revision: 2,
+                mod_revision: 2,
+                version: 1,
+                value: b"v".to_vec(),
+                lease: 0,
+            };
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.put_cf(
+                &backend.cf(crate::mvcc::backend::CF_KV),
+                crate::mvcc::Revision::new(2, 0).to_key(),
+                kv.encode_to_vec(),
+            );
+            backend.write(batch)
+        })
+        .expect("replace contents");
+    f.hub.store_replaced();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = events_of(&recv(&stream).await);
+        if !events.is_empty() {
+            assert_eq!(events, vec![(key, "/r/x".to_string(), 2)]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event after the store was replaced"
+        );
+    }
+    assert_eq!(f.hub.revision(), 2);
+}
