@@ -1,0 +1,1 @@
+//! kvstore's apiserver: a Kubernetes-style REST API over the etcd v3 API.

@@ -1,0 +1,1 @@
+//! Jepsen-style chaos testing for kvstore.
