@@ -23,6 +23,7 @@ use crate::membership::Membership;
 use crate::metrics::{self, Metrics};
 use crate::mvcc::{KvStore, Limits, StoreOptions};
 use crate::raft::log_store::LogStore;
+use crate::raft::prevote::{ElectionTiming, Elector, PreVoteJudge};
 use crate::raft::network::{PeerNetwork, PeerOptions, Peers};
 use crate::raft::proposer::{ProposerOptions, RaftProposer};
 use crate::raft::read_index::ReadIndexBatch;
@@ -70,6 +71,8 @@ pub struct Node {
     leader_conn: parking_lot::Mutex<Option<(u64, tonic::transport::Channel)>>,
     /// Cancelled when the member shuts down.
     pub shutdown: CancellationToken,
+    /// Answers other members' pre-votes (served on the peer listener).
+    pub pre_vote: PreVoteJudge,
 }
 
 impl Node {
@@ -132,6 +135,8 @@ impl Node {
         )
         .map_err(raft_error)?;
         let raft_config = raft_config(&config)?;
+        let timing = ElectionTiming::from_config(&raft_config);
+        let log_reader = log_store.reader();
         let raft = Raft::new(
             member_id,
             Arc::new(raft_config),
@@ -142,6 +147,10 @@ impl Node {
         .await
         .map_err(|e| Error::Internal(format!("starting raft: {e}")))?;
         bootstrap(&raft, &config, &membership).await?;
+        let shutdown = CancellationToken::new();
+        Elector::new(raft.clone(), Arc::clone(&peers), log_reader.clone(), timing)
+            .spawn(shutdown.clone());
+        let pre_vote = PreVoteJudge::new(raft.clone(), log_reader, timing);
 
         let raft_proposer = Arc::new(RaftProposer::new(
             raft.clone(),
@@ -171,7 +180,8 @@ impl Node {
             read_batch,
             peers,
             leader_conn: parking_lot::Mutex::new(None),
-            shutdown: CancellationToken::new(),
+            shutdown,
+            pre_vote,
         }))
     }
 
@@ -262,6 +272,7 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
         tracing::info!(%url, "serving peer traffic");
         let service = PeerService::new(node.raft.clone())
             .with_read_index_batch(Arc::clone(&node.read_batch))
+            .with_pre_vote(node.pre_vote.clone())
             .with_identity(node.membership.member_id)
             .into_server();
         let shutdown = node.shutdown.clone();
@@ -420,6 +431,8 @@ fn raft_config(config: &Config) -> Result<openraft::Config, Error> {
         max_in_snapshot_log_to_keep: 5000.min(config.snapshot_count),
         // The last chunk's RPC includes installing the whole snapshot into RocksDB.
         install_snapshot_timeout: 30_000,
+        // Elections are started by the pre-vote elector (raft::prevote), not openraft's timer.
+        enable_elect: false,
         ..openraft::Config::default()
     }
     .validate()

@@ -109,22 +109,12 @@ impl LogStore {
         key: &[u8],
         subject: ErrorSubject<u64>,
     ) -> Result<Option<T>, StorageError> {
-        let backend = self.store().backend();
-        let err = |e: &(dyn std::error::Error + 'static)| {
-            StorageError::from(StorageIOError::new(
-                subject.clone(),
-                ErrorVerb::Read,
-                AnyError::from_dyn(e, None),
-            ))
-        };
-        let Some(bytes) = backend
-            .db()
-            .get_pinned_cf(&backend.cf(CF_RAFT_STATE), key)
-            .map_err(|e| err(&e))?
-        else {
-            return Ok(None);
-        };
-        codec::decode(&bytes).map(Some).map_err(|e| err(&e))
+        self.reader.read_state(key, subject)
+    }
+
+    /// A read handle on this log, for readers outside openraft (the pre-vote elector).
+    pub fn reader(&self) -> LogReader {
+        self.reader.clone()
     }
 
     /// Writes a batch; with `sync`, on a blocking thread, returning once it is on disk.
@@ -183,6 +173,58 @@ fn write_logs_err(e: &(dyn std::error::Error + 'static)) -> StorageError {
 }
 
 impl LogReader {
+    /// Reads a `raft_state` value.
+    pub(crate) fn read_state<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        subject: ErrorSubject<u64>,
+    ) -> Result<Option<T>, StorageError> {
+        let backend = self.store.backend();
+        let err = |e: &(dyn std::error::Error + 'static)| {
+            StorageError::from(StorageIOError::new(
+                subject.clone(),
+                ErrorVerb::Read,
+                AnyError::from_dyn(e, None),
+            ))
+        };
+        let Some(bytes) = backend
+            .db()
+            .get_pinned_cf(&backend.cf(CF_RAFT_STATE), key)
+            .map_err(|e| err(&e))?
+        else {
+            return Ok(None);
+        };
+        codec::decode(&bytes).map(Some).map_err(|e| err(&e))
+    }
+
+    /// The id of the last entry in the log, appended but perhaps not yet synced (`None` when
+    /// the log is empty).
+    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+        let backend = self.store.backend();
+        let last = backend
+            .db()
+            .iterator_cf(&backend.cf(CF_RAFT_LOG), IteratorMode::End)
+            .next()
+            .transpose()
+            .map_err(|e| read_logs_err(&e))?;
+        match last {
+            Some((_, value)) => {
+                let entry: Entry = codec::decode(&value).map_err(|e| read_logs_err(&e))?;
+                Ok(Some(*entry.get_log_id()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The id of the last log entry, or of the last purged one when the log is empty: what a
+    /// vote compares.
+    pub fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        match self.last_entry_id()? {
+            Some(id) => Ok(Some(id)),
+            None => self.read_state(KEY_LAST_PURGED, ErrorSubject::Logs),
+        }
+    }
+
     /// Entries with index in `[start, end)` (`end` `None`: to the end of the log), in order.
     fn entries(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
         let backend = self.store.backend();
@@ -248,20 +290,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
         let last_purged: Option<LogId> = self.read_state(KEY_LAST_PURGED, ErrorSubject::Logs)?;
-        let backend = self.store().backend();
-        let last = backend
-            .db()
-            .iterator_cf(&backend.cf(CF_RAFT_LOG), IteratorMode::End)
-            .next()
-            .transpose()
-            .map_err(|e| read_logs_err(&e))?;
-        let last_log_id = match last {
-            Some((_, value)) => {
-                let entry: Entry = codec::decode(&value).map_err(|e| read_logs_err(&e))?;
-                Some(*entry.get_log_id())
-            }
-            None => last_purged,
-        };
+        let last_log_id = self.reader.last_entry_id()?.or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id,

@@ -18,6 +18,8 @@
 //!   follower) and read-index barriers for linearizable reads.
 //! - [`membership`]: etcd's MemberAdd/Promote/Remove/Update rules on openraft's membership.
 //! - [`read_index`]: the leader's read index, and rounds of it shared by concurrent reads.
+//! - [`prevote`]: elections with pre-vote, in place of openraft's election timer, so a
+//!   member that was cut off does not depose a healthy leader when it returns.
 //!
 //! # Durability, in one place
 //! - The log append is the one fsync on the write path, shared by every entry of an append
@@ -31,6 +33,7 @@ pub mod codec;
 pub mod log_store;
 pub mod membership;
 pub mod network;
+pub mod prevote;
 pub mod proposer;
 pub mod read_index;
 pub mod snapshot;
@@ -39,6 +42,7 @@ pub mod types;
 
 pub use log_store::{LogReader, LogStore};
 pub use network::{PeerNetwork, PeerOptions, Peers};
+pub use prevote::{ElectionTiming, Elector, PreVoteJudge};
 pub use proposer::{ProposerOptions, RaftProposer};
 pub use state_machine::{AfterInstall, SnapshotBuilder, StateMachine};
 pub use types::{MemberNode, NodeId, Request, Response, TypeConfig};

@@ -7,6 +7,7 @@
 //!   appended to a file by openraft as they arrive.
 //! - Forward: a write from a follower. Proposed only if this member is the leader; otherwise
 //!   answered "etcdserver: not leader" without proposing, and never forwarded on.
+//! - PreVote: would this member vote for the asker (see [`crate::raft::prevote`])?
 //! - ReadIndex: the leader confirms its leadership and answers the index a linearizable read
 //!   on the asking follower must wait for.
 
@@ -26,6 +27,7 @@ use crate::apply::Command;
 use crate::raft::codec;
 use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
 use crate::raft::network::TO_MEMBER_HEADER;
+use crate::raft::prevote::PreVoteJudge;
 use crate::raft::proposer::{fatal_error, leader_changed_result, not_leader_result, NOT_LEADER};
 use crate::raft::read_index::{leader_read_index, ReadIndexBatch, ReadIndexError};
 use crate::raft::types::{
@@ -43,6 +45,8 @@ pub struct PeerService {
     reads: Arc<ReadIndexBatch>,
     /// This member's ID, checked against every request's stamp.
     identity: Option<u64>,
+    /// Answers pre-votes; without one every pre-vote is refused.
+    judge: Option<PreVoteJudge>,
 }
 
 impl PeerService {
@@ -52,6 +56,7 @@ impl PeerService {
             raft,
             reads: Arc::default(),
             identity: None,
+            judge: None,
         }
     }
 
@@ -69,6 +74,12 @@ impl PeerService {
     /// is told so loudly instead of quietly taking part.
     pub fn with_identity(mut self, member_id: u64) -> Self {
         self.identity = Some(member_id);
+        self
+    }
+
+    /// Answers other members' pre-votes with `judge`.
+    pub fn with_pre_vote(mut self, judge: PreVoteJudge) -> Self {
+        self.judge = Some(judge);
         self
     }
 
@@ -196,6 +207,18 @@ impl RaftService for PeerService {
             .await
             .map_err(|e| Status::unavailable(format!("etcdserver: cannot campaign: {e}")))?;
         Ok(Response::new(raftpb::CampaignResponse {}))
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<raftpb::PreVoteRequest>,
+    ) -> Result<Response<raftpb::PreVoteResponse>, Status> {
+        self.check(&request)?;
+        let answer = match &self.judge {
+            Some(judge) => judge.judge(request.get_ref()).await,
+            None => raftpb::PreVoteResponse::default(),
+        };
+        Ok(Response::new(answer))
     }
 
     async fn read_index(

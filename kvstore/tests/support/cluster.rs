@@ -38,6 +38,9 @@ pub struct Member {
     /// Whether the process is stopped with SIGSTOP: it holds its sockets but answers nothing,
     /// so nobody should wait for it.
     paused: bool,
+    /// The user ID the process runs as (`None`: this process's), so that firewall rules can
+    /// match its packets by owner.
+    uid: Option<u32>,
 }
 
 /// A cluster of real processes sharing one temp dir; killed on drop, printing the members'
@@ -50,6 +53,9 @@ pub struct Cluster {
     initial: String,
     /// Flags added to every member's command line.
     extra_args: Vec<String>,
+    /// The `kvstore` binary members run (a copy inside `dir` when members run as other
+    /// users, who may not reach the build directory).
+    binary: PathBuf,
 }
 
 impl Cluster {
@@ -59,7 +65,22 @@ impl Cluster {
 
     /// Starts `n` members with `extra_args` added to each command line.
     pub fn start_with(n: usize, extra_args: &[&str]) -> Self {
+        Self::start_as(n, extra_args, &[])
+    }
+
+    /// Like [`Cluster::start_with`], member `i` running as user `uids[i]` (members past the
+    /// end of `uids` run as this process's user). Needs root.
+    pub fn start_as(n: usize, extra_args: &[&str], uids: &[u32]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut binary = PathBuf::from(env!("CARGO_BIN_EXE_kvstore"));
+        if !uids.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+                .expect("open the cluster dir to other users");
+            let copy = dir.path().join("kvstore");
+            std::fs::copy(&binary, &copy).expect("copy the kvstore binary");
+            binary = copy;
+        }
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -67,6 +88,7 @@ impl Cluster {
                 peer: free_port(),
                 child: None,
                 paused: false,
+                uid: uids.get(i).copied(),
             })
             .collect();
         let initial = members
@@ -79,6 +101,7 @@ impl Cluster {
             members,
             initial,
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            binary,
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -106,7 +129,11 @@ impl Cluster {
         let m = &self.members[i];
         let client = format!("http://127.0.0.1:{}", m.client);
         let peer = format!("http://127.0.0.1:{}", m.peer);
-        let child = Command::new(env!("CARGO_BIN_EXE_kvstore"))
+        let mut command = Command::new(&self.binary);
+        if let Some(uid) = m.uid {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+        }
+        let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data_dir)
@@ -183,6 +210,11 @@ impl Cluster {
 
     pub fn endpoint(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.members[i].client)
+    }
+
+    /// Member `i`'s peer port.
+    pub fn peer_port(&self, i: usize) -> u16 {
+        self.members[i].peer
     }
 
     /// Member `i`'s client port.
