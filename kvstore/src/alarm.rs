@@ -62,6 +62,23 @@ impl Alarms {
         Ok(())
     }
 
+    /// Fails a change that frees space (delete, compaction, lease revoke) while a CORRUPT
+    /// alarm is active: etcd refuses every change on a corrupt cluster, but not these on NOSPACE.
+    pub fn check_corrupt(&self) -> Result<(), Error> {
+        if self.is_active(None, AlarmType::Corrupt) {
+            return Err(Error::Corrupt);
+        }
+        Ok(())
+    }
+
+    /// Whether `alarm` is active for `member` (for any member if `None`).
+    pub fn is_active(&self, member: Option<u64>, alarm: AlarmType) -> bool {
+        self.active
+            .read()
+            .iter()
+            .any(|(id, t)| *t == alarm as i32 && member.is_none_or(|m| m == *id))
+    }
+
     /// Every active alarm.
     pub fn list(&self) -> Vec<AlarmMember> {
         self.active

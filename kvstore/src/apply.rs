@@ -99,13 +99,20 @@ impl Applier {
                 Applied::Put(store.put_validated(&req)?.0)
             }
             Command::DeleteRange(req) => {
+                self.alarms.check_corrupt()?;
                 Applied::DeleteRange(store.delete_range_validated(&req)?.0)
             }
             Command::Txn(req) => {
-                self.alarms.check_write()?;
+                // As etcd's capped applier: only a transaction that puts is refused on NOSPACE.
+                if crate::quota::txn_cost(&req) > 0 {
+                    self.alarms.check_write()?;
+                } else {
+                    self.alarms.check_corrupt()?;
+                }
                 Applied::Txn(store.txn_validated(&req)?.0)
             }
             Command::Compact(req) => {
+                self.alarms.check_corrupt()?;
                 let job = store.compact(req.revision)?;
                 let (tx, done) = oneshot::channel();
                 let compactor = Arc::clone(store);
@@ -140,6 +147,7 @@ impl Applier {
                 })
             }
             Command::LeaseRevoke(id) => {
+                self.alarms.check_corrupt()?;
                 let committed = store.lease_revoke(id)?;
                 Applied::LeaseRevoke(LeaseRevokeResponse {
                     header: mvcc::txn::header(committed.rev),

@@ -87,6 +87,45 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
 
+    /// Interpret `--auto-compaction-retention` as a time span (`periodic`) or as a number of
+    /// revisions (`revision`).
+    #[arg(long, env = "KVSTORE_AUTO_COMPACTION_MODE", default_value = "periodic", value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: String,
+
+    /// Auto compaction retention: in `periodic` mode a duration (`1h`, `30m`; a bare number
+    /// is hours), in `revision` mode the number of revisions to keep. 0 disables auto compaction.
+    #[arg(long, env = "KVSTORE_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+
+    /// How often `revision` mode auto compaction looks at the revision (etcd: fixed at 5m).
+    #[arg(
+        long,
+        env = "KVSTORE_EXPERIMENTAL_AUTO_COMPACTION_REVISION_INTERVAL",
+        default_value = "5m",
+        value_parser = parse_go_duration,
+        hide = true
+    )]
+    pub experimental_auto_compaction_revision_interval: std::time::Duration,
+
+    /// Maximum number of revisions removed from disk per batch by a compaction.
+    #[arg(long, env = "KVSTORE_EXPERIMENTAL_COMPACTION_BATCH_LIMIT", default_value_t = 1000)]
+    pub experimental_compaction_batch_limit: usize,
+
+    /// Check this member's data against its peers' before serving clients; refuse to start
+    /// on a mismatch.
+    #[arg(long, env = "KVSTORE_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value_t = false)]
+    pub experimental_initial_corrupt_check: bool,
+
+    /// How often the leader compares the members' HashKV and raises the CORRUPT alarm on a
+    /// mismatch (Go-style duration; 0s disables).
+    #[arg(
+        long,
+        env = "KVSTORE_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "0s",
+        value_parser = parse_go_duration_or_zero
+    )]
+    pub experimental_corrupt_check_time: std::time::Duration,
+
     /// Time (in milliseconds) of a heartbeat interval.
     #[arg(long, env = "KVSTORE_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
@@ -149,6 +188,14 @@ impl Config {
 fn parse_go_duration(text: &str) -> Result<std::time::Duration, String> {
     crate::server::watch::parse_duration(text)
         .ok_or_else(|| format!("invalid duration {text:?}: want e.g. 500ms, 5s, 10m, 1h"))
+}
+
+/// Like [`parse_go_duration`], also accepting `0` (off).
+fn parse_go_duration_or_zero(text: &str) -> Result<std::time::Duration, String> {
+    if text.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    parse_go_duration(text)
 }
 
 /// Parses a URL of the form `http://host:port` (or `host:port`) into a socket address string.

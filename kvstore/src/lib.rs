@@ -5,6 +5,9 @@
 //! - [`apply`]: commands, the state machine that applies them, and the proposer that orders them.
 //! - [`raft`]: Raft storage on openraft: the log, the vote, the state machine and snapshots.
 //! - [`alarm`]: NOSPACE and CORRUPT alarms.
+//! - [`quota`]: the backend quota (`--quota-backend-bytes`) and what raises NOSPACE.
+//! - [`compactor`]: auto-compaction by the leader (`--auto-compaction-mode`, `-retention`).
+//! - [`corruption`]: HashKV comparisons between members that raise CORRUPT.
 //! - [`watch`]: fan-out of committed changes to watchers.
 //! - [`lease`]: lease TTLs and expiry at run time.
 //! - [`server`]: the etcd v3 gRPC services, one thin adapter each.
@@ -16,6 +19,8 @@
 
 pub mod alarm;
 pub mod apply;
+pub mod compactor;
+pub mod corruption;
 pub mod config;
 pub mod error;
 pub mod lease;
@@ -23,6 +28,7 @@ pub mod membership;
 pub mod metrics;
 pub mod mvcc;
 pub mod node;
+pub mod quota;
 pub mod raft;
 pub mod server;
 pub mod watch;

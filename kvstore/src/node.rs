@@ -105,6 +105,7 @@ impl Node {
                     max_request_bytes: config.max_request_bytes,
                     max_txn_ops: config.max_txn_ops,
                 },
+                compaction_batch: config.experimental_compaction_batch_limit,
                 ..StoreOptions::default()
             },
         )?);
@@ -262,6 +263,9 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
     let max_msg = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut tasks = tokio::task::JoinSet::new();
     node.lessor.spawn(node.shutdown.clone());
+    crate::quota::effective_quota(node.config.quota_backend_bytes);
+    crate::compactor::spawn(Arc::clone(&node))?;
+    crate::corruption::spawn_periodic(Arc::clone(&node));
     tokio::spawn(publish_attributes(Arc::clone(&node)));
 
     for url in &node.config.listen_peer_urls {
@@ -287,6 +291,7 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
         });
     }
 
+    crate::corruption::initial_check(&node).await?;
     for url in &node.config.listen_client_urls {
         let addr = url_to_addr(url)?;
         let listener = TcpListener::bind(&addr)

@@ -59,6 +59,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         self.node.refuse_if_learner()?;
         validate::put(&req, self.node.store.limits())?;
+        crate::quota::check(&self.node, crate::quota::put_cost(&req)).await?;
         self.node.metrics.put_total.inc();
         match self.node.proposer.propose(Command::Put(req)).await? {
             Applied::Put(mut resp) => {
@@ -106,6 +107,7 @@ impl Kv for KvService {
             self.node.fill_header(&mut resp.header);
             return Ok(Response::new(resp));
         }
+        crate::quota::check(&self.node, crate::quota::txn_cost(&req)).await?;
         match self.node.proposer.propose(Command::Txn(req)).await? {
             Applied::Txn(mut resp) => {
                 self.node.fill_header(&mut resp.header);

@@ -46,6 +46,7 @@ impl Lease for LeaseService {
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let req = req.into_inner();
+        crate::quota::check(&self.node, crate::quota::lease_grant_cost()).await?;
         let mut resp = self.node.lessor.grant(req.id, req.ttl).await?;
         self.node.fill_header(&mut resp.header);
         Ok(Response::new(resp))

@@ -68,7 +68,8 @@ impl Maintenance for MaintenanceService {
         _req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let node = &self.node;
-        let db_size = node.store.backend().size_bytes() as i64;
+        let db_size = crate::quota::backend_size(node.store.backend()) as i64;
+        let db_size_in_use = crate::quota::backend_size_in_use(node.store.backend()) as i64;
         let errors = node
             .alarms
             .list()
@@ -103,7 +104,7 @@ impl Maintenance for MaintenanceService {
             raft_term: node.proposer.term(),
             raft_applied_index: applied,
             errors,
-            db_size_in_use: db_size,
+            db_size_in_use,
             is_learner,
         }))
     }
