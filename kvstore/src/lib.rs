@@ -4,6 +4,7 @@
 //! - [`mvcc`]: the revisioned store — etcd's revision model over our own B+tree index and RocksDB.
 //! - [`apply`]: commands, the state machine that applies them, and the proposer that orders them.
 //! - [`raft`]: Raft storage on openraft: the log, the vote, the state machine and snapshots.
+//! - [`backup`]: snapshot save, status and offline restore (Maintenance.Snapshot, `kvctl snapshot`).
 //! - [`alarm`]: NOSPACE and CORRUPT alarms.
 //! - [`quota`]: the backend quota (`--quota-backend-bytes`) and what raises NOSPACE.
 //! - [`compactor`]: auto-compaction by the leader (`--auto-compaction-mode`, `-retention`).
@@ -19,6 +20,7 @@
 
 pub mod alarm;
 pub mod apply;
+pub mod backup;
 pub mod compactor;
 pub mod corruption;
 pub mod config;

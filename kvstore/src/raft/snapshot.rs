@@ -1,8 +1,11 @@
 //! Snapshots of the state machine: a file format, how one is written from a consistent view of
 //! the database, and how one replaces a member's contents.
 //!
-//! Raft sends snapshots to learners and lagging followers; `kvctl snapshot save/restore` will
-//! reuse the same format (DESIGN.md, decision 7).
+//! Raft sends snapshots to learners and lagging followers; Maintenance.Snapshot streams the
+//! same format to clients (`kvctl snapshot save`, `etcdctl snapshot save`), and
+//! `kvctl snapshot status/restore` read it back (DESIGN.md, decision 7; see [`crate::backup`]).
+//! A file saved from a client has no header record; a Raft snapshot file (`snap/current.snap`
+//! copied out of a data directory) has one, and is accepted by status and restore too.
 //!
 //! # What a snapshot holds
 //! Every key-value of the column families `kv` (revision → KeyValue), `lease` (granted leases)
@@ -24,6 +27,7 @@
 //! | tag | record |
 //! |---|---|
 //! | `0x01` | header, at most one, before any data: key `raft`, value the Raft snapshot metadata (postcard `SnapshotMeta`; opaque to other readers, absent from snapshots not made by Raft) |
+//! | `0x02` | padding, at most one, last before `end`: empty key, value zero bytes (see below) |
 //! | `0x10` | a `kv` key-value, in key order |
 //! | `0x11` | a `lease` key-value, in key order |
 //! | `0x12` | a `meta` key-value, in key order |
@@ -32,6 +36,17 @@
 //! byte of the file before it, so truncation and corruption anywhere are detected. Nothing
 //! follows `crc`. Keys and values are at most [`MAX_FIELD`] bytes each. Readers refuse unknown
 //! tags and versions.
+//!
+//! # Padding for etcdctl
+//! etcdctl 3.4 refuses to save a snapshot whose size is not 32 more than a multiple of 512
+//! (what it takes for the sign of etcd's sha256 trailer: "sha256 checksum not found").
+//! Files streamed by Maintenance.Snapshot therefore end with a padding record of 0 to 511
+//! bytes that makes their size 32 (mod 512); readers skip it.
+//!
+//! The size of a file is known before it is written ([`encoded_size`]: the fixed 21 bytes of
+//! magic and end, plus `9 + key + value` per record), which is how Maintenance.Snapshot fills
+//! in `remaining_bytes` from its first message on. A receiver that cannot parse records as they
+//! arrive (a stream of chunks) still verifies the trailer with [`StreamVerifier`].
 //!
 //! # Durability
 //! A snapshot file is written to a temporary name, fsynced, renamed to `current.snap` and the
@@ -47,7 +62,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use rocksdb::{DBWithThreadMode, IteratorMode, MultiThreaded, SnapshotWithThreadMode, WriteBatch};
+use rocksdb::{DBWithThreadMode, MultiThreaded, SnapshotWithThreadMode, WriteBatch};
 
 use super::codec;
 use super::types::SnapshotMeta;
@@ -73,6 +88,8 @@ const CURRENT: &str = "current.snap";
 pub enum Section {
     /// The Raft snapshot metadata.
     Header = 0x01,
+    /// Zero bytes that align the file's size for etcdctl.
+    Padding = 0x02,
     /// A key-value of the `kv` column family.
     Kv = 0x10,
     /// A key-value of the `lease` column family.
@@ -85,6 +102,7 @@ impl Section {
     fn from_tag(tag: u8) -> Option<Self> {
         Some(match tag {
             0x01 => Self::Header,
+            0x02 => Self::Padding,
             0x10 => Self::Kv,
             0x11 => Self::Lease,
             0x12 => Self::Meta,
@@ -92,10 +110,10 @@ impl Section {
         })
     }
 
-    /// The column family a data section restores into.
-    fn column_family(self) -> Option<&'static str> {
+    /// The column family a data section is read from and restores into.
+    pub fn column_family(self) -> Option<&'static str> {
         match self {
-            Self::Header => None,
+            Self::Header | Self::Padding => None,
             Self::Kv => Some(CF_KV),
             Self::Lease => Some(CF_LEASE),
             Self::Meta => Some(CF_META),
@@ -128,6 +146,10 @@ pub struct SnapshotWriter<W: Write> {
     records: u64,
     /// Whether a data record was written (the header must come first).
     has_data: bool,
+    /// Bytes written so far.
+    written: u64,
+    /// Whether [`SnapshotWriter::finish`] pads the file's size for etcdctl.
+    etcd_aligned: bool,
 }
 
 impl<W: Write> SnapshotWriter<W> {
@@ -138,14 +160,24 @@ impl<W: Write> SnapshotWriter<W> {
             crc: 0,
             records: 0,
             has_data: false,
+            written: 0,
+            etcd_aligned: false,
         };
         w.put(&MAGIC)?;
         Ok(w)
     }
 
+    /// Ends the file with a padding record that makes its size 32 (mod 512), as etcdctl 3.4
+    /// requires of a streamed snapshot (see the module doc).
+    pub fn etcd_aligned(mut self) -> Self {
+        self.etcd_aligned = true;
+        self
+    }
+
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
         self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.written += bytes.len() as u64;
         Ok(())
     }
 
@@ -178,6 +210,10 @@ impl<W: Write> SnapshotWriter<W> {
 
     /// Writes the end marker, count and CRC; returns the output (not flushed or synced).
     pub fn finish(mut self) -> io::Result<W> {
+        if self.etcd_aligned {
+            let padding = vec![0u8; etcd_padding(self.written) as usize];
+            self.record(Section::Padding, &[], &padding)?;
+        }
         self.put(&[TAG_END])?;
         let count = self.records;
         self.put(&count.to_be_bytes())?;
@@ -199,9 +235,18 @@ pub struct SnapshotReader<R: Read> {
     records: u64,
     /// Whether the end was reached and verified.
     done: bool,
+    /// Whether a wrong count or CRC at the end is an error (`--skip-hash-check` turns it off).
+    verify: bool,
 }
 
 impl<R: Read> SnapshotReader<R> {
+    /// Does not fail on a wrong record count or CRC at the end (etcd's `--skip-hash-check`);
+    /// the structure must still be whole.
+    pub fn skip_checksum(mut self) -> Self {
+        self.verify = false;
+        self
+    }
+
     /// Starts reading: checks the magic.
     pub fn new(input: R) -> io::Result<Self> {
         let mut r = Self {
@@ -209,6 +254,7 @@ impl<R: Read> SnapshotReader<R> {
             crc: 0,
             records: 0,
             done: false,
+            verify: true,
         };
         let mut magic = [0u8; 8];
         r.take(&mut magic)?;
@@ -264,10 +310,10 @@ impl<R: Read> SnapshotReader<R> {
             self.input
                 .read_exact(&mut crc)
                 .map_err(|_| invalid("snapshot is truncated"))?;
-            if u32::from_be_bytes(crc) != expected {
+            if self.verify && u32::from_be_bytes(crc) != expected {
                 return Err(invalid("snapshot checksum mismatch"));
             }
-            if u64::from_be_bytes(count) != self.records {
+            if self.verify && u64::from_be_bytes(count) != self.records {
                 return Err(invalid("snapshot record count mismatch"));
             }
             let mut extra = [0u8; 1];
@@ -315,27 +361,168 @@ pub fn copy_verified(src: impl Read, dst: impl Write) -> io::Result<Option<Vec<u
     Ok(header)
 }
 
+/// The sections of the state machine, in file order.
+const DATA_SECTIONS: [Section; 3] = [Section::Kv, Section::Lease, Section::Meta];
+
+/// Bytes of a record beyond its key and value: tag and two lengths.
+const RECORD_OVERHEAD: u64 = 1 + 4 + 4;
+
+/// Bytes of every file beyond its records: magic, end tag, count, CRC.
+const FIXED_OVERHEAD: u64 = MAGIC.len() as u64 + 1 + 8 + 4;
+
+/// Bytes of the end: tag, count, CRC.
+const END_BYTES: u64 = 1 + 8 + 4;
+
+/// The padding value's length after `written` bytes of magic and records that makes the
+/// whole file 32 bytes more than a multiple of 512.
+fn etcd_padding(written: u64) -> u64 {
+    let unpadded = (written + RECORD_OVERHEAD + END_BYTES) % 512;
+    (512 + 32 - unpadded) % 512
+}
+
+/// Calls `f` with every key-value of the data sections as `view` sees them, in file order.
+/// The raw iterator lends each key and value without copying it.
+fn for_each_record(
+    view: &SnapshotWithThreadMode<'_, DBWithThreadMode<MultiThreaded>>,
+    backend: &Backend,
+    mut f: impl FnMut(Section, &[u8], &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    for section in DATA_SECTIONS {
+        let Some(cf) = section.column_family() else {
+            continue;
+        };
+        let mut it = view.raw_iterator_cf(&backend.cf(cf));
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            f(section, k, v)?;
+            it.next();
+        }
+        it.status().map_err(io::Error::other)?;
+    }
+    Ok(())
+}
+
+/// The exact size [`write_state`] will write for `view` (and `header`), with the number of
+/// records. Reads keys and values without copying them.
+pub fn encoded_size(
+    view: &SnapshotWithThreadMode<'_, DBWithThreadMode<MultiThreaded>>,
+    backend: &Backend,
+    header: Option<&[u8]>,
+    etcd_aligned: bool,
+) -> io::Result<(u64, u64)> {
+    let mut size = FIXED_OVERHEAD;
+    let mut records = 0;
+    if let Some(header) = header {
+        size += RECORD_OVERHEAD + (HEADER_KEY.len() + header.len()) as u64;
+        records += 1;
+    }
+    for_each_record(view, backend, |_, k, v| {
+        size += RECORD_OVERHEAD + (k.len() + v.len()) as u64;
+        records += 1;
+        Ok(())
+    })?;
+    if etcd_aligned {
+        size += RECORD_OVERHEAD + etcd_padding(size - END_BYTES);
+        records += 1;
+    }
+    Ok((size, records))
+}
+
+/// Verifies a snapshot arriving as a stream of byte chunks (a client saving
+/// Maintenance.Snapshot): the magic, and the CRC-32C trailer over everything before it.
+/// Records are not parsed; [`SnapshotReader`] checks those when the file is read.
+#[derive(Debug, Default)]
+pub struct StreamVerifier {
+    /// CRC-32C of every byte except the last four seen so far.
+    crc: u32,
+    /// The first bytes seen (up to the magic's length).
+    head: Vec<u8>,
+    /// The last (up to) four bytes seen: the trailer if the stream ends now.
+    tail: Vec<u8>,
+    /// Bytes seen.
+    len: u64,
+}
+
+impl StreamVerifier {
+    /// Whether `prefix` (the first bytes of a stream) starts like a kvstore snapshot.
+    pub fn is_snapshot(prefix: &[u8]) -> bool {
+        prefix.len() >= 6 && prefix[..6] == MAGIC[..6]
+    }
+
+    /// Takes the next chunk.
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.len += chunk.len() as u64;
+        if self.head.len() < MAGIC.len() {
+            let take = (MAGIC.len() - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk[..take]);
+        }
+        // Everything but the last four bytes of (tail ++ chunk) is covered by the CRC.
+        if chunk.len() >= 4 {
+            self.crc = crc32c::crc32c_append(self.crc, &self.tail);
+            let (body, last) = chunk.split_at(chunk.len() - 4);
+            self.crc = crc32c::crc32c_append(self.crc, body);
+            self.tail.clear();
+            self.tail.extend_from_slice(last);
+        } else {
+            self.tail.extend_from_slice(chunk);
+            let spill = self.tail.len().saturating_sub(4);
+            self.crc = crc32c::crc32c_append(self.crc, &self.tail[..spill]);
+            self.tail.drain(..spill);
+        }
+    }
+
+    /// The first bytes seen (up to the magic's length).
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// Bytes seen so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was seen.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Checks the whole stream: a snapshot's magic, and its CRC.
+    pub fn finish(&self) -> io::Result<()> {
+        if self.head.len() < MAGIC.len() || self.head[..6] != MAGIC[..6] {
+            return Err(invalid("not a kvstore snapshot"));
+        }
+        if self.head[..] != MAGIC[..] {
+            return Err(invalid("unknown snapshot format version"));
+        }
+        if self.len < FIXED_OVERHEAD {
+            return Err(invalid("snapshot is truncated"));
+        }
+        let mut crc = [0u8; 4];
+        crc.copy_from_slice(&self.tail);
+        if u32::from_be_bytes(crc) != self.crc {
+            return Err(invalid("snapshot checksum mismatch"));
+        }
+        Ok(())
+    }
+}
+
 /// Writes the state machine as seen by a RocksDB snapshot (`kv`, `lease`, `meta`, in that
 /// order) after an optional header. Writers are never blocked: the view is a RocksDB snapshot.
 pub fn write_state<W: Write>(
     view: &SnapshotWithThreadMode<'_, DBWithThreadMode<MultiThreaded>>,
     backend: &Backend,
     header: Option<&[u8]>,
+    etcd_aligned: bool,
     out: W,
 ) -> io::Result<W> {
     let mut w = SnapshotWriter::new(out)?;
+    if etcd_aligned {
+        w = w.etcd_aligned();
+    }
     if let Some(header) = header {
         w.header(header)?;
     }
-    for section in [Section::Kv, Section::Lease, Section::Meta] {
-        let Some(cf) = section.column_family() else {
-            continue;
-        };
-        for item in view.iterator_cf(&backend.cf(cf), IteratorMode::Start) {
-            let (k, v) = item.map_err(io::Error::other)?;
-            w.record(section, &k, &v)?;
-        }
-    }
+    for_each_record(view, backend, |section, k, v| w.record(section, k, v))?;
     w.finish()
 }
 
@@ -366,7 +553,7 @@ pub fn install_file(
     let mut meta = Vec::new();
     while let Some(record) = reader.next_record()? {
         match record.section {
-            Section::Header => {}
+            Section::Header | Section::Padding => {}
             Section::Meta => meta.push((record.key, record.value)),
             Section::Kv | Section::Lease => {
                 let cf = record.section.column_family().unwrap_or_else(|| {
@@ -514,6 +701,7 @@ pub fn write_temp(
         view,
         backend,
         Some(&header),
+        false,
         BufWriter::with_capacity(1 << 20, file),
     )?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
@@ -577,5 +765,65 @@ mod tests {
             Some(b"meta".to_vec())
         );
         assert_eq!(copy, bytes);
+    }
+
+    fn verify_in_chunks(bytes: &[u8], chunk: usize) -> io::Result<()> {
+        let mut v = StreamVerifier::default();
+        for c in bytes.chunks(chunk) {
+            v.update(c);
+        }
+        assert_eq!(v.len(), bytes.len() as u64);
+        v.finish()
+    }
+
+    #[test]
+    fn stream_verifier_checks_the_trailer_whatever_the_chunking() {
+        let bytes = sample();
+        for chunk in [1, 2, 3, 4, 5, 7, 64, bytes.len()] {
+            verify_in_chunks(&bytes, chunk).expect("valid in any chunking");
+            for i in 0..bytes.len() {
+                let mut bad = bytes.clone();
+                bad[i] ^= 0x01;
+                assert!(verify_in_chunks(&bad, chunk).is_err(), "flip at {i}");
+                assert!(verify_in_chunks(&bytes[..i], chunk).is_err(), "cut at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn etcd_aligned_files_are_32_past_a_multiple_of_512_and_read_the_same() {
+        for n in 0..600usize {
+            let mut w = SnapshotWriter::new(Vec::new()).expect("vec").etcd_aligned();
+            w.record(Section::Kv, b"k", &vec![7u8; n]).expect("record");
+            let bytes = w.finish().expect("finish");
+            assert_eq!(bytes.len() % 512, 32, "value of {n} bytes");
+            let mut r = SnapshotReader::new(bytes.as_slice()).expect("magic");
+            let mut sections = Vec::new();
+            while let Some(rec) = r.next_record().expect("valid") {
+                sections.push(rec.section);
+            }
+            assert_eq!(sections, vec![Section::Kv, Section::Padding]);
+        }
+    }
+
+    #[test]
+    fn skip_checksum_reads_a_file_with_a_wrong_crc() {
+        let mut bytes = sample();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        let strict = (|| {
+            let mut r = SnapshotReader::new(bytes.as_slice())?;
+            while r.next_record()?.is_some() {}
+            Ok::<_, io::Error>(())
+        })();
+        assert!(strict.is_err());
+        let mut lax = SnapshotReader::new(bytes.as_slice())
+            .expect("magic")
+            .skip_checksum();
+        let mut n = 0;
+        while lax.next_record().expect("structure is whole").is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 4);
     }
 }

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::client::{Client, Settings};
 use crate::error::{Error, Result};
 use crate::output::{Format, Printer};
-use crate::{alarm, endpoint, kv, lease, maintenance, member, txn, watch};
+use crate::{alarm, endpoint, kv, lease, maintenance, member, snapshot, txn, watch};
 
 /// kvctl: a command-line client for kvstore and any etcd v3 server, compatible with
 /// etcdctl (v3 API): same commands, flags, output formats, messages and exit codes.
@@ -82,6 +82,8 @@ pub enum Command {
     /// Transfers leadership to another member
     #[command(name = "move-leader")]
     MoveLeader(maintenance::MoveLeaderArgs),
+    /// Manages member snapshots: save, status, restore
+    Snapshot(snapshot::SnapshotArgs),
     /// Prints the version of kvctl
     Version,
 }
@@ -185,6 +187,7 @@ pub async fn run(cli: Cli, ctx: &Context) -> Result<()> {
         Command::Alarm(a) => alarm::run(ctx, a).await,
         Command::Defrag(a) => maintenance::defrag(ctx, a).await,
         Command::MoveLeader(a) => maintenance::move_leader(ctx, a).await,
+        Command::Snapshot(a) => snapshot::run(ctx, a).await,
         Command::Version => crate::output::emit(&crate::output::notices::version()),
     }
 }

@@ -9,7 +9,8 @@
 //! - `output`: every byte printed — the simple, json, fields and table formats, and notices.
 //! - `go`: Go's quoting, durations, number parsing and byte sizes, which etcdctl's text uses.
 //! - One module per command family: `kv` (put, get, del), `txn`, `watch`, `lease`,
-//!   `endpoint`, `member`, `alarm`, `maintenance` (compaction, defrag; snapshot to come).
+//!   `endpoint`, `member`, `alarm`, `maintenance` (compaction, defrag, move-leader),
+//!   `snapshot` (save, status, offline restore).
 
 mod alarm;
 mod cli;
@@ -22,6 +23,7 @@ mod lease;
 mod maintenance;
 mod member;
 mod output;
+mod snapshot;
 mod txn;
 mod watch;
 

@@ -1,7 +1,5 @@
 //! `compaction` and `defrag`: reclaiming history and space; `move-leader`.
-//!
-//! `snapshot save | status | restore` will live here too (Maintenance.Snapshot and the
-//! offline restore); they are not implemented yet.
+//! (`snapshot save | status | restore` live in `snapshot`.)
 
 use clap::Args;
 use kvstore_proto::etcdserverpb::{

@@ -12,6 +12,7 @@ mod fields;
 mod json;
 pub mod notices;
 mod simple;
+pub mod snapshot;
 mod table;
 
 use std::io::Write;
@@ -367,6 +368,11 @@ impl Printer {
             Format::Fields => Ok(Rendered::out(fields::alarm(r))),
             Format::Table => Err(self.unsupported()),
         }
+    }
+
+    /// Output of `snapshot status` (every format).
+    pub fn snapshot_status(&self, s: &snapshot::SnapshotStatus) -> Rendered {
+        Rendered::out(snapshot::status(self.format, s))
     }
 
     fn simple(&self) -> simple::KvPrinter {
