@@ -67,7 +67,10 @@ impl Cut {
                 child.wait()
             })
             .expect("run nft");
-        assert!(status.success(), "nft refused the partition rules:\n{script}");
+        assert!(
+            status.success(),
+            "nft refused the partition rules:\n{script}"
+        );
         Self { table }
     }
 }
@@ -111,7 +114,9 @@ async fn isolated_follower_rejoins_without_disrupting_the_leader() {
     let cluster = Cluster::start_as(3, &[], &UIDS);
     let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
-    put(&cluster, leader, "before").await.expect("put before the cut");
+    put(&cluster, leader, "before")
+        .await
+        .expect("put before the cut");
     let term_before = term(&cluster, leader).await;
 
     let cut = Cut::isolate(&cluster, follower, UIDS[follower]);
@@ -155,7 +160,9 @@ async fn isolated_follower_rejoins_without_disrupting_the_leader() {
     for i in 0..3 {
         assert_eq!(term(&cluster, i).await, term_before, "member {i}'s term");
     }
-    put(&cluster, follower, "after").await.expect("a write through the rejoined follower");
+    put(&cluster, follower, "after")
+        .await
+        .expect("a write through the rejoined follower");
 }
 
 /// Pre-vote does not stand in the way of a needed election: with the leader cut off, the two
@@ -173,10 +180,15 @@ async fn isolated_leader_is_replaced_and_follows_after_healing() {
     let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
     let started = Instant::now();
     let new = cluster.leader_among(&others).await;
-    println!("new leader after cutting the old one off: {:?}", started.elapsed());
+    println!(
+        "new leader after cutting the old one off: {:?}",
+        started.elapsed()
+    );
     assert_ne!(new, old);
     assert!(term(&cluster, new).await > term_before);
-    put(&cluster, new, "with-new-leader").await.expect("write to the new leader");
+    put(&cluster, new, "with-new-leader")
+        .await
+        .expect("write to the new leader");
     let new_id = cluster
         .status(new)
         .await
@@ -193,7 +205,10 @@ async fn isolated_leader_is_replaced_and_follows_after_healing() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "the old leader never followed the new one");
+        assert!(
+            Instant::now() < deadline,
+            "the old leader never followed the new one"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(cluster.leader().await, new);

@@ -123,8 +123,10 @@ fn grants(
     candidate_last: Option<LogId>,
     own_last: Option<LogId>,
 ) -> bool {
-    let follows_a_leader =
-        standing.committed && standing.heard.is_some_and(|t| now.duration_since(t) <= lease);
+    let follows_a_leader = standing.committed
+        && standing
+            .heard
+            .is_some_and(|t| now.duration_since(t) <= lease);
     !standing.leader && !follows_a_leader && term > standing.term && candidate_last >= own_last
 }
 
@@ -240,7 +242,10 @@ impl Elector {
                 continue;
             }
             let now = Instant::now();
-            let sole_voter = standing.configs.iter().all(|c| c.len() == 1 && c.contains(&me));
+            let sole_voter = standing
+                .configs
+                .iter()
+                .all(|c| c.len() == 1 && c.contains(&me));
             let base = standing.heard.unwrap_or(started).max(started);
             let due = if sole_voter {
                 base
@@ -352,23 +357,58 @@ mod tests {
     fn follower_of_a_live_leader_refuses() {
         let now = Instant::now();
         let standing = follower(Some(now - Duration::from_millis(100)));
-        assert!(!grants(&standing, now, LEASE, 6, log_id(5, 10), log_id(5, 10)));
+        assert!(!grants(
+            &standing,
+            now,
+            LEASE,
+            6,
+            log_id(5, 10),
+            log_id(5, 10)
+        ));
     }
 
     #[test]
     fn follower_whose_leader_went_silent_grants_an_up_to_date_candidate() {
         let now = Instant::now();
         let standing = follower(Some(now - Duration::from_secs(2)));
-        assert!(grants(&standing, now, LEASE, 6, log_id(5, 10), log_id(5, 10)));
-        assert!(grants(&standing, now, LEASE, 6, log_id(5, 11), log_id(5, 10)));
+        assert!(grants(
+            &standing,
+            now,
+            LEASE,
+            6,
+            log_id(5, 10),
+            log_id(5, 10)
+        ));
+        assert!(grants(
+            &standing,
+            now,
+            LEASE,
+            6,
+            log_id(5, 11),
+            log_id(5, 10)
+        ));
     }
 
     #[test]
     fn candidate_with_a_shorter_or_older_log_is_refused() {
         let now = Instant::now();
         let standing = follower(None);
-        assert!(!grants(&standing, now, LEASE, 6, log_id(5, 9), log_id(5, 10)));
-        assert!(!grants(&standing, now, LEASE, 6, log_id(4, 20), log_id(5, 10)));
+        assert!(!grants(
+            &standing,
+            now,
+            LEASE,
+            6,
+            log_id(5, 9),
+            log_id(5, 10)
+        ));
+        assert!(!grants(
+            &standing,
+            now,
+            LEASE,
+            6,
+            log_id(4, 20),
+            log_id(5, 10)
+        ));
         assert!(!grants(&standing, now, LEASE, 6, None, log_id(5, 10)));
     }
 
@@ -376,7 +416,14 @@ mod tests {
     fn candidate_not_ahead_in_term_is_refused() {
         let now = Instant::now();
         let standing = follower(None);
-        assert!(!grants(&standing, now, LEASE, 5, log_id(5, 10), log_id(5, 10)));
+        assert!(!grants(
+            &standing,
+            now,
+            LEASE,
+            5,
+            log_id(5, 10),
+            log_id(5, 10)
+        ));
     }
 
     #[test]
@@ -384,7 +431,14 @@ mod tests {
         let now = Instant::now();
         let mut leader = follower(Some(now));
         leader.leader = true;
-        assert!(!grants(&leader, now, LEASE, 6, log_id(5, 10), log_id(5, 10)));
+        assert!(!grants(
+            &leader,
+            now,
+            LEASE,
+            6,
+            log_id(5, 10),
+            log_id(5, 10)
+        ));
         let mut voted = follower(Some(now));
         voted.committed = false;
         assert!(grants(&voted, now, LEASE, 6, log_id(5, 10), log_id(5, 10)));
