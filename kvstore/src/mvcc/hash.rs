@@ -16,6 +16,12 @@ use super::error::{Error, Result};
 use super::revision::Revision;
 use super::store::KvStore;
 
+/// Meta keys that differ between members by design, so [`KvStore::hash_all`] leaves them out:
+/// the member and cluster ID this data directory belongs to, and Raft's own record of the last
+/// applied membership (each member bootstraps with the client URLs only it knows; the members'
+/// published attributes, which are hashed, are the same everywhere).
+const MEMBER_LOCAL_META: [&[u8]; 2] = [b"cluster_identity", b"raft_membership"];
+
 /// The answer of [`KvStore::hash_kv`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvHash {
@@ -72,6 +78,8 @@ impl KvStore {
     }
 
     /// A hash of everything the store keeps (key-values, leases, metadata), at one instant.
+    /// Members that applied the same log agree on it; the one meta key that says which member
+    /// this is ([`MEMBER_LOCAL_META`]) is left out.
     pub fn hash_all(&self) -> Result<u32> {
         let snapshot = self.backend.db().snapshot();
         let mut hash = 0;
@@ -79,6 +87,9 @@ impl KvStore {
             hash = crc32c::crc32c_append(hash, name.as_bytes());
             for item in snapshot.iterator_cf(&self.backend.cf(name), IteratorMode::Start) {
                 let (k, v) = item?;
+                if name == CF_META && MEMBER_LOCAL_META.contains(&&*k) {
+                    continue;
+                }
                 hash = crc32c::crc32c_append(hash, &k);
                 hash = crc32c::crc32c_append(hash, &v);
             }
