@@ -1,0 +1,70 @@
+//! Connections: `--conns` HTTP/2 connections over the endpoints (or the leader alone), which
+//! the clients share round-robin, as etcd's benchmark does.
+
+use kvstore_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use kvstore_proto::etcdserverpb::StatusRequest;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cli::Common;
+use crate::error::{Error, Result};
+
+/// `host:port` → `http://host:port`; URLs pass through.
+fn endpoint_url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+/// Opens one connection (each `connect` is its own TCP connection).
+pub async fn connect(endpoint: &str) -> Result<Channel> {
+    Endpoint::from_shared(endpoint_url(endpoint))
+        .map_err(|_| Error::Endpoint(endpoint.to_string()))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|source| Error::Connect {
+            endpoint: endpoint.to_string(),
+            source,
+        })
+}
+
+/// The endpoint whose member is the leader, asking each in turn.
+pub async fn find_leader(endpoints: &[String]) -> Result<String> {
+    for endpoint in endpoints {
+        let Ok(channel) = connect(endpoint).await else {
+            continue;
+        };
+        let Ok(status) = MaintenanceClient::new(channel)
+            .status(StatusRequest {})
+            .await
+        else {
+            continue;
+        };
+        let status = status.into_inner();
+        let member = status.header.map(|h| h.member_id).unwrap_or_default();
+        if member != 0 && member == status.leader {
+            return Ok(endpoint.clone());
+        }
+    }
+    Err(Error::NoLeader)
+}
+
+/// The `--conns` connections: round-robin over `--endpoints`, or all to the leader with
+/// `--target-leader`.
+pub async fn connections(common: &Common) -> Result<Vec<Channel>> {
+    if common.endpoints.is_empty() {
+        return Err(Error::Usage("--endpoints is empty".into()));
+    }
+    let endpoints = if common.target_leader {
+        vec![find_leader(&common.endpoints).await?]
+    } else {
+        common.endpoints.clone()
+    };
+    let mut channels = Vec::with_capacity(common.conns.max(1));
+    for i in 0..common.conns.max(1) {
+        channels.push(connect(&endpoints[i % endpoints.len()]).await?);
+    }
+    Ok(channels)
+}
