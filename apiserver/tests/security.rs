@@ -123,6 +123,7 @@ fn request_size_and_inflight_limits() {
     slow.flush().expect("flush");
     let r = support::eventually(Duration::from_secs(5), "a 429", || {
         let r = c.get("/api/v1/namespaces/default/configmaps");
+        eprintln!("inflight probe: {} {}", r.code, r.body["reason"]);
         (r.code == 429).then_some(r)
     });
     assert_eq!(r.body["reason"], "TooManyRequests");
