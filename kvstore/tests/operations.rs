@@ -42,6 +42,15 @@ fn status(endpoint: &str) -> serde_json::Value {
     json[0]["Status"].clone()
 }
 
+/// The members' client endpoints, as `--endpoints` takes them.
+fn endpoints_of(specs: &[Spec]) -> String {
+    specs
+        .iter()
+        .map(Spec::endpoint)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn healthy(endpoints: &str) {
     eventually(WAIT, "endpoint health", || {
         kvctl(&["--endpoints", endpoints, "endpoint", "health"])
@@ -142,11 +151,7 @@ fn backup_then_restore_the_whole_cluster() {
         .iter()
         .map(|s| start_with(&restored, s, &initial, "new", "prod-2", &[]))
         .collect();
-    let all = specs
-        .iter()
-        .map(Spec::endpoint)
-        .collect::<Vec<_>>()
-        .join(",");
+    let all = endpoints_of(&specs);
     healthy(&all);
     for spec in &specs {
         let s = status(&spec.endpoint());
@@ -168,21 +173,14 @@ fn replace_a_failed_member_add_and_remove_members_then_restart_them_one_by_one()
     } = start_cluster(dir.path(), &["m1", "m2", "m3"], &[]);
     // Each member's own flags, to restart it with.
     let mut flags = vec![(initial.clone(), "new"); 3];
-    let eps = |specs: &[Spec]| {
-        specs
-            .iter()
-            .map(Spec::endpoint)
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let all = eps(&specs);
+    let all = endpoints_of(&specs);
     for i in 0..10 {
         run(&all, &["put", &format!("k{i}"), &format!("v{i}")], "put");
     }
 
     // m3 fails for good.
     procs[2] = None;
-    let survivors = eps(&specs[..2]);
+    let survivors = endpoints_of(&specs[..2]);
     let failed = member_id(&survivors, "m3");
     let removed = run(&survivors, &["member", "remove", &failed], "member remove");
     assert!(removed.contains("removed from cluster"), "{removed}");
@@ -197,7 +195,7 @@ fn replace_a_failed_member_add_and_remove_members_then_restart_them_one_by_one()
     procs[2] = Some(start_with(dir.path(), &m4, &initial, "existing", TOKEN, &[]));
     flags[2] = (initial, "existing");
     specs[2] = m4;
-    let all = eps(&specs);
+    let all = endpoints_of(&specs);
     eventually(WAIT, "health --cluster", || {
         kvctl(&["--endpoints", &survivors, "endpoint", "health", "--cluster"])
             .status
