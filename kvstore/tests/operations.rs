@@ -181,6 +181,7 @@ fn replace_a_failed_member_add_and_remove_members_then_restart_them_one_by_one()
     // m3 fails for good.
     procs[2] = None;
     let survivors = endpoints_of(&specs[..2]);
+    healthy(&survivors);
     let failed = member_id(&survivors, "m3");
     let removed = run(&survivors, &["member", "remove", &failed], "member remove");
     assert!(removed.contains("removed from cluster"), "{removed}");
