@@ -216,19 +216,20 @@ impl WatchHub {
 
     /// The store's contents were replaced (a Raft snapshot installed): no commit reported the
     /// revisions in between, so every synced watcher goes back to catching up from the last
-    /// revision it was given (etcd's watchable store does the same on restore). Those that
-    /// now fall below the compacted revision are cancelled with `compact_revision`.
+    /// revision it was given, or from its own start revision if that is later (a watch on a
+    /// future revision; etcd's watchable store resumes each from its own `minRev` on restore).
+    /// Those that now fall below the compacted revision are cancelled with `compact_revision`.
     pub fn store_replaced(&self) {
         let mut state = self.state.lock();
         let resume_from = state.rev + 1;
-        let synced: Vec<WatcherKey> = state
+        let synced: Vec<(WatcherKey, i64)> = state
             .watchers
             .iter()
             .filter(|(_, w)| w.state == WatcherState::Synced)
-            .map(|(key, _)| *key)
+            .map(|(key, w)| (*key, w.next_rev.max(resume_from)))
             .collect();
-        for key in synced {
-            state.set_aside(key, resume_from, WatcherState::Unsynced);
+        for (key, from) in synced {
+            state.set_aside(key, from, WatcherState::Unsynced);
         }
         state.rev = self.store.current_revision();
         drop(state);

@@ -348,45 +348,74 @@ async fn a_victim_that_falls_behind_a_compaction_is_cancelled() {
     assert_eq!(f.hub.watcher_state(w), None);
 }
 
-#[tokio::test]
-async fn synced_watchers_catch_up_after_the_store_is_replaced() {
+/// Replaces the store's contents with `kvs` (key, revision) as a Raft snapshot would: written
+/// under the store, not committed through it, so no commit tells the hub.
+fn replace_contents(store: &KvStore, kvs: &[(&str, i64)]) {
     use prost::Message;
-    let f = fixture(HubConfig::default());
-    let stream = f.hub.open_stream();
-    let key = stream.watch(spec(prefix("/r/"), 0)).key;
-    // Contents arrive as a Raft snapshot would: written under the store, not committed
-    // through it, so no commit tells the hub.
-    f.store
+    store
         .replace_contents(|backend| {
-            let kv = kvstore_proto::mvccpb::KeyValue {
-                key: b"/r/x".to_vec(),
-                create_revision: 2,
-                mod_revision: 2,
-                version: 1,
-                value: b"v".to_vec(),
-                lease: 0,
-            };
             let mut batch = rocksdb::WriteBatch::default();
-            batch.put_cf(
-                &backend.cf(crate::mvcc::backend::CF_KV),
-                crate::mvcc::Revision::new(2, 0).to_key(),
-                kv.encode_to_vec(),
-            );
+            for (key, rev) in kvs {
+                let kv = kvstore_proto::mvccpb::KeyValue {
+                    key: key.as_bytes().to_vec(),
+                    create_revision: *rev,
+                    mod_revision: *rev,
+                    version: 1,
+                    value: b"v".to_vec(),
+                    lease: 0,
+                };
+                batch.put_cf(
+                    &backend.cf(crate::mvcc::backend::CF_KV),
+                    crate::mvcc::Revision::new(*rev, 0).to_key(),
+                    kv.encode_to_vec(),
+                );
+            }
             backend.write(batch)
         })
         .expect("replace contents");
-    f.hub.store_replaced();
+}
+
+/// The first non-empty delivery of `stream`, within 10 s.
+async fn first_events(stream: &HubStream) -> Vec<(WatcherKey, String, i64)> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let events = events_of(&recv(&stream).await);
+        let events = events_of(&recv(stream).await);
         if !events.is_empty() {
-            assert_eq!(events, vec![(key, "/r/x".to_string(), 2)]);
-            break;
+            return events;
         }
         assert!(
             Instant::now() < deadline,
             "no event after the store was replaced"
         );
     }
+}
+
+#[tokio::test]
+async fn synced_watchers_catch_up_after_the_store_is_replaced() {
+    let f = fixture(HubConfig::default());
+    let stream = f.hub.open_stream();
+    let key = stream.watch(spec(prefix("/r/"), 0)).key;
+    replace_contents(&f.store, &[("/r/x", 2)]);
+    f.hub.store_replaced();
+    assert_eq!(
+        first_events(&stream).await,
+        vec![(key, "/r/x".to_string(), 2)]
+    );
     assert_eq!(f.hub.revision(), 2);
+}
+
+/// Found by the chaos suite (docs/chaos.md): a watch on a future revision, opened on a member
+/// that then installed a snapshot, was replayed everything from the hub's last revision,
+/// far below the revision it asked to start from.
+#[tokio::test]
+async fn a_future_watch_does_not_get_older_revisions_after_the_store_is_replaced() {
+    let f = fixture(HubConfig::default());
+    let stream = f.hub.open_stream();
+    let key = stream.watch(spec(prefix("/r/"), 3)).key;
+    replace_contents(&f.store, &[("/r/old", 2), ("/r/new", 3)]);
+    f.hub.store_replaced();
+    assert_eq!(
+        first_events(&stream).await,
+        vec![(key, "/r/new".to_string(), 3)]
+    );
 }
