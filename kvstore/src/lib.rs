@@ -17,6 +17,7 @@
 //! - [`metrics`]: Prometheus `/metrics` and `/health`.
 //! - [`config`]: flags and `KVSTORE_*` environment variables.
 //! - [`error`]: the crate's error type.
+//! - `faults`: test-only injected bugs for the chaos suite (feature `fault-injection` only).
 
 pub mod alarm;
 pub mod apply;
@@ -25,6 +26,8 @@ pub mod compactor;
 pub mod corruption;
 pub mod config;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod lease;
 pub mod membership;
 pub mod metrics;

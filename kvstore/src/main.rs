@@ -42,7 +42,7 @@ async fn wait_for_signal() {
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+pub async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     init_logging(&config);
     let node = match Node::open(config).await {

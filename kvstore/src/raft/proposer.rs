@@ -345,6 +345,10 @@ impl Proposer for RaftProposer {
     }
 
     async fn read_barrier(&self) -> Result<(), Error> {
+        #[cfg(feature = "fault-injection")]
+        if crate::faults::active(crate::faults::Fault::StaleRead) {
+            return Ok(());
+        }
         let deadline = Instant::now() + self.options.request_timeout;
         timeout_at(deadline, self.read_barrier_until(deadline))
             .await

@@ -61,6 +61,14 @@ impl Kv for KvService {
         validate::put(&req, self.node.store.limits())?;
         crate::quota::check(&self.node, crate::quota::put_cost(&req)).await?;
         self.node.metrics.put_total.inc();
+        #[cfg(feature = "fault-injection")]
+        if crate::faults::active(crate::faults::Fault::AckBeforeCommit) {
+            let proposer = Arc::clone(&self.node.proposer);
+            tokio::spawn(async move { proposer.propose(Command::Put(req)).await });
+            let mut resp = PutResponse::default();
+            self.node.fill_header(&mut resp.header);
+            return Ok(Response::new(resp));
+        }
         match self.node.proposer.propose(Command::Put(req)).await? {
             Applied::Put(mut resp) => {
                 self.node.fill_header(&mut resp.header);

@@ -285,6 +285,10 @@ impl WatchHub {
         let mut guard = self.state.lock();
         let st = &mut *guard;
         st.rev = st.rev.max(committed.rev);
+        #[cfg(feature = "fault-injection")]
+        if crate::faults::drop_watch_revision(committed.rev) {
+            return;
+        }
         if st.synced.is_empty() {
             return;
         }
