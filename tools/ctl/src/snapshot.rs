@@ -246,6 +246,17 @@ fn open_with_progress(
     ))
 }
 
+/// A backup error, with a hint when the file is another program's snapshot.
+fn explain(e: &backup::Error) -> String {
+    let msg = e.to_string();
+    if msg == "not a kvstore snapshot" {
+        return format!(
+            "{msg} (a snapshot saved from etcd is read by etcdctl snapshot status/restore)"
+        );
+    }
+    msg
+}
+
 /// `snapshot status FILE`.
 fn status(ctx: &Context, args: FileArgs) -> Result<()> {
     let [path] = args.args.as_slice() else {
@@ -257,7 +268,7 @@ fn status(ctx: &Context, args: FileArgs) -> Result<()> {
     let (input, size, pb) = open_with_progress(path, "reading")?;
     let result = backup::status::status_of(input, size);
     pb.finish_and_clear();
-    let s = result.map_err(|e| Error::Request(format!("{path}: {e}")))?;
+    let s = result.map_err(|e| Error::Request(format!("{path}: {}", explain(&e))))?;
     emit(&printer.snapshot_status(&SnapshotStatus {
         hash: s.hash,
         revision: s.revision,
@@ -290,8 +301,8 @@ fn restore(args: RestoreArgs) -> Result<()> {
     let result = backup::restore(&opts, input, size);
     pb.finish_and_clear();
     let done = result.map_err(|e| match e {
-        backup::Error::Invalid(msg) => {
-            Error::Request(format!("{path}: {msg}; nothing was restored"))
+        e @ backup::Error::Invalid(_) => {
+            Error::Request(format!("{path}: {}; nothing was restored", explain(&e)))
         }
         other => Error::Request(other.to_string()),
     })?;
