@@ -45,6 +45,9 @@ struct Member {
     paused: bool,
     /// Whether it is currently a member of the cluster (false while removed by churn).
     joined: bool,
+    /// `--initial-cluster-state` and `--initial-cluster` of its first start on this data
+    /// directory: a restart repeats them (kvstore refuses flags that describe another member).
+    bootstrap: Option<(String, String)>,
 }
 
 /// The running cluster; kills every member when dropped.
@@ -84,6 +87,7 @@ impl Cluster {
                 child: None,
                 paused: false,
                 joined: true,
+                bootstrap: None,
             })
             .collect();
         let cluster = Self {
@@ -132,7 +136,11 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&log_path)?;
-        let initial_cluster = self.initial_cluster(state == "existing");
+        let fresh = (state.to_string(), self.initial_cluster(state == "existing"));
+        let (state, initial_cluster) = self.members.lock()[i]
+            .bootstrap
+            .get_or_insert(fresh)
+            .clone();
         let mut cmd = self.hosts.command(i, &self.spec.binary);
         cmd.args(["--name", &format!("n{i}")])
             .arg("--data-dir")
@@ -142,7 +150,7 @@ impl Cluster {
             .args(["--listen-peer-urls", &format!("http://{ip}:{peer}")])
             .args(["--initial-advertise-peer-urls", &format!("http://{ip}:{peer}")])
             .args(["--initial-cluster", &initial_cluster])
-            .args(["--initial-cluster-state", state])
+            .args(["--initial-cluster-state", &state])
             .args(["--initial-cluster-token", &self.token])
             .args(["--snapshot-count", &self.spec.snapshot_count.to_string()])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
@@ -326,7 +334,11 @@ impl Cluster {
             .member_remove(MemberRemoveRequest { id })
             .await?;
         self.kill(i);
-        self.members.lock()[i].joined = false;
+        {
+            let mut members = self.members.lock();
+            members[i].joined = false;
+            members[i].bootstrap = None;
+        }
         let _ = std::fs::remove_dir_all(self.data_dir(i));
         Ok(())
     }
