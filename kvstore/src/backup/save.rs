@@ -122,3 +122,68 @@ impl Drop for PartFile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::snapshot::{Section, SnapshotWriter};
+
+    fn snapshot_bytes() -> Vec<u8> {
+        let mut w = SnapshotWriter::new(Vec::new()).expect("vec").etcd_aligned();
+        w.record(Section::Kv, b"k", b"v").expect("record");
+        w.finish().expect("finish")
+    }
+
+    fn save(path: &Path, bytes: &[u8]) -> Result<Saved> {
+        let mut part = PartFile::create(path)?;
+        for chunk in bytes.chunks(100) {
+            part.write_chunk(chunk)?;
+        }
+        part.commit()
+    }
+
+    #[test]
+    fn a_whole_snapshot_is_renamed_into_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.snap");
+        let bytes = snapshot_bytes();
+        let saved = save(&path, &bytes).expect("saved");
+        assert_eq!(
+            saved,
+            Saved {
+                size: bytes.len() as u64,
+                verified: true
+            }
+        );
+        assert_eq!(fs::read(&path).expect("read"), bytes);
+        assert!(!dir.path().join("s.snap.part").exists());
+    }
+
+    #[test]
+    fn a_damaged_stream_leaves_no_file_and_keeps_the_old_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.snap");
+        fs::write(&path, b"previous backup").expect("write");
+        let mut bytes = snapshot_bytes();
+        bytes[10] ^= 1;
+        assert!(matches!(save(&path, &bytes), Err(Error::Invalid(_))));
+        let whole = snapshot_bytes();
+        assert!(save(&path, &whole[..whole.len() - 3]).is_err());
+        assert_eq!(fs::read(&path).expect("read"), b"previous backup");
+        assert!(!dir.path().join("s.snap.part").exists());
+        // A save abandoned midway (dropped) removes its part file too.
+        let mut part = PartFile::create(&path).expect("create");
+        part.write_chunk(&whole[..20]).expect("write");
+        drop(part);
+        assert!(!dir.path().join("s.snap.part").exists());
+    }
+
+    #[test]
+    fn another_format_is_saved_as_it_came() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("etcd.db");
+        let saved = save(&path, &[7u8; 4128]).expect("saved");
+        assert!(!saved.verified);
+        assert_eq!(fs::read(&path).expect("read").len(), 4128);
+    }
+}
