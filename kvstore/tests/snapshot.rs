@@ -14,7 +14,7 @@ use std::time::Duration;
 use kvstore_proto::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
     HashKvRequest, HashKvResponse, LeaseGrantRequest, LeaseTimeToLiveRequest, PutRequest,
-    StatusRequest,
+    SnapshotRequest, StatusRequest,
 };
 use tonic::transport::Channel;
 
@@ -331,7 +331,7 @@ async fn damaged_files_and_existing_data_dirs_are_refused() {
     let ep = source.specs[0].endpoint();
     let mut kv = KvClient::new(channel(&ep).await);
     for i in 0..100 {
-        put(&mut kv, &format!("k{i}"), &"v".repeat(200), 0).await;
+        put(&mut kv, &format!("k{i}"), &"v".repeat(30_000), 0).await;
     }
 
     // Several endpoints: refused as etcdctl 3.4 refuses them (exit 5), nothing written.
@@ -351,6 +351,34 @@ async fn damaged_files_and_existing_data_dirs_are_refused() {
     let out = kvctl(&["--endpoints", &ep, "snapshot", "save", file_s]);
     assert!(out.status.success(), "save: {}", text(&out));
     let bytes = std::fs::read(&file).expect("read snapshot");
+
+    // The stream itself: every message says exactly how many bytes remain after it (the
+    // first one gives the total) and carries the snapshot's revision; together they are a
+    // whole snapshot of that revision.
+    let mut stream = MaintenanceClient::new(channel(&ep).await)
+        .snapshot(SnapshotRequest {})
+        .await
+        .expect("Snapshot")
+        .into_inner();
+    let (mut streamed, mut total, mut messages) = (Vec::new(), None, 0);
+    while let Some(m) = stream.message().await.expect("snapshot message") {
+        streamed.extend_from_slice(&m.blob);
+        messages += 1;
+        let total = *total.get_or_insert(m.blob.len() as u64 + m.remaining_bytes);
+        assert_eq!(
+            streamed.len() as u64 + m.remaining_bytes,
+            total,
+            "remaining_bytes of message {messages}"
+        );
+        assert_eq!(m.header.map(|h| h.revision), Some(101));
+    }
+    assert_eq!(Some(streamed.len() as u64), total);
+    assert!(messages >= 3, "3 MB in 1 MiB messages: {messages}");
+    let streamed_status =
+        kvstore::backup::status::status_of(streamed.as_slice(), streamed.len() as u64)
+            .expect("the stream is a whole snapshot");
+    assert_eq!(streamed_status.revision, 101);
+    assert_eq!(bytes.len() % 512, 32, "sized as etcdctl 3.4 expects");
     let (_, revision, keys) = status_of(&file);
     assert_eq!(revision, 101);
     assert!(keys > 100);
