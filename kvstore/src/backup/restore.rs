@@ -102,7 +102,14 @@ pub fn restore(opts: &RestoreOptions, input: impl Read, size: u64) -> Result<Res
         other => Error::Config(other.to_string()),
     })?;
     check_target(&opts.data_dir)?;
-    let temp = temp_dir_for(&opts.data_dir)?;
+    let created = create_parents(&parent_of(&opts.data_dir))?;
+    let temp = match temp_dir_for(&opts.data_dir) {
+        Ok(temp) => temp,
+        Err(e) => {
+            remove_created(&created);
+            return Err(e);
+        }
+    };
     let result = build(&temp, &membership, input, opts.skip_hash_check)
         .and_then(|status| publish(&temp, &opts.data_dir).map(|()| status));
     match result {
@@ -113,8 +120,34 @@ pub fn restore(opts: &RestoreOptions, input: impl Read, size: u64) -> Result<Res
         }),
         Err(e) => {
             let _ = fs::remove_dir_all(&temp);
+            remove_created(&created);
             Err(e)
         }
+    }
+}
+
+/// Creates `dir` and its missing ancestors; returns those it created, outermost first.
+fn create_parents(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d.to_path_buf());
+        at = d.parent();
+    }
+    missing.reverse();
+    for d in &missing {
+        if let Err(e) = fs::create_dir(d) {
+            remove_created(&missing);
+            return Err(e.into());
+        }
+    }
+    Ok(missing)
+}
+
+/// Removes directories [`create_parents`] made (still empty after a failed restore).
+fn remove_created(created: &[PathBuf]) {
+    for d in created.iter().rev() {
+        let _ = fs::remove_dir(d);
     }
 }
 
@@ -136,10 +169,9 @@ fn parent_of(path: &Path) -> PathBuf {
     }
 }
 
-/// Creates the directory the restore is built in, next to the target.
+/// Creates the directory the restore is built in, next to the target (whose parent exists).
 fn temp_dir_for(data_dir: &Path) -> Result<PathBuf> {
     let parent = parent_of(data_dir);
-    fs::create_dir_all(&parent)?;
     let name = data_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -239,4 +271,87 @@ fn publish(temp: &Path, data_dir: &Path) -> Result<()> {
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::{KvStore, StoreOptions};
+    use crate::raft::snapshot::write_state;
+
+    fn options(data_dir: PathBuf) -> RestoreOptions {
+        RestoreOptions {
+            name: "a".into(),
+            data_dir,
+            initial_cluster: "a=http://127.0.0.1:1".into(),
+            initial_cluster_token: "t".into(),
+            initial_advertise_peer_urls: vec!["http://127.0.0.1:1".into()],
+            skip_hash_check: false,
+        }
+    }
+
+    /// A snapshot of a store with three revisions, a lease, and old-cluster metadata.
+    fn snapshot(dir: &Path) -> Vec<u8> {
+        let store = KvStore::open(&dir.join("src"), StoreOptions::default()).expect("open");
+        for key in ["a", "b", "c"] {
+            let mut txn = store.write();
+            txn.put(key.as_bytes(), b"v", 0);
+            txn.commit().expect("commit");
+        }
+        store.stage_apply_meta(vec![
+            (META_RAFT_APPLIED.to_vec(), b"old".to_vec()),
+            (b"member/x".to_vec(), b"old".to_vec()),
+        ]);
+        store.flush_apply_meta().expect("meta");
+        let backend = store.backend();
+        let view = backend.db().snapshot();
+        write_state(&view, backend, None, true, Vec::new()).expect("write")
+    }
+
+    #[test]
+    fn restored_dir_holds_the_data_and_the_new_members_identity_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes = snapshot(dir.path());
+        let target = dir.path().join("new/member");
+        let done = restore(&options(target.clone()), bytes.as_slice(), 0).expect("restore");
+        assert_eq!(done.snapshot.revision, 4);
+        let store = KvStore::open(&target.join("db"), StoreOptions::default()).expect("open");
+        assert_eq!(store.current_revision(), 4);
+        let backend = store.backend();
+        let meta = |k: &[u8]| backend.db().get_cf(&backend.cf(CF_META), k).expect("get");
+        assert_eq!(meta(META_RAFT_APPLIED), None);
+        assert_eq!(meta(b"member/x"), None);
+        let mut identity = done.cluster_id.to_be_bytes().to_vec();
+        identity.extend_from_slice(&done.member_id.to_be_bytes());
+        assert_eq!(meta(META_CLUSTER_IDENTITY), Some(identity));
+        let entry = backend
+            .db()
+            .get_cf(&backend.cf(CF_RAFT_LOG), codec::log_key(0))
+            .expect("get")
+            .expect("the membership entry");
+        let entry: Entry = codec::decode(&entry).expect("decode");
+        assert!(matches!(entry.payload, EntryPayload::Membership(m)
+            if m.voter_ids().collect::<Vec<_>>() == vec![done.member_id]));
+    }
+
+    #[test]
+    fn a_failed_restore_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes = snapshot(dir.path());
+        let target = dir.path().join("new/deeper/member");
+        let cut = &bytes[..bytes.len() - 1];
+        assert!(matches!(
+            restore(&options(target), cut, 0),
+            Err(Error::Invalid(_))
+        ));
+        assert!(
+            !dir.path().join("new").exists(),
+            "parents created were removed"
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("read")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("src")]);
+    }
 }
