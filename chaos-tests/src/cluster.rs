@@ -15,8 +15,8 @@ use kvstore_proto::etcdserverpb::{
     HashKvRequest, MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
     MoveLeaderRequest, StatusRequest,
 };
-use rustix::process::{kill_process, Pid, Signal};
 use parking_lot::Mutex;
+use rustix::process::{kill_process, Pid, Signal};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
@@ -111,7 +111,11 @@ impl Cluster {
     }
 
     fn peer_url(&self, i: usize) -> String {
-        format!("http://{}:{}", self.hosts.member_ip(i), self.hosts.ports(i).1)
+        format!(
+            "http://{}:{}",
+            self.hosts.member_ip(i),
+            self.hosts.ports(i).1
+        )
     }
 
     fn initial_cluster(&self, only_joined: bool) -> String {
@@ -148,7 +152,10 @@ impl Cluster {
             .args(["--listen-client-urls", &format!("http://{ip}:{client}")])
             .args(["--advertise-client-urls", &format!("http://{ip}:{client}")])
             .args(["--listen-peer-urls", &format!("http://{ip}:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://{ip}:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://{ip}:{peer}"),
+            ])
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-state", &state])
             .args(["--initial-cluster-token", &self.token])
@@ -244,7 +251,11 @@ impl Cluster {
 
     /// Member `i`'s status: (its member id, the leader's member id).
     pub async fn status(&self, i: usize) -> Result<(u64, u64)> {
-        let s = self.maintenance(i).status(StatusRequest {}).await?.into_inner();
+        let s = self
+            .maintenance(i)
+            .status(StatusRequest {})
+            .await?
+            .into_inner();
         let id = s.header.map(|h| h.member_id).unwrap_or_default();
         Ok((id, s.leader))
     }
@@ -378,7 +389,9 @@ impl Cluster {
     pub async fn member_count(&self, via: usize) -> Result<usize> {
         Ok(self
             .cluster_api(via)
-            .member_list(MemberListRequest { linearizable: false })
+            .member_list(MemberListRequest {
+                linearizable: false,
+            })
             .await?
             .into_inner()
             .members

@@ -42,19 +42,40 @@ pub enum Call {
     /// List-append transaction.
     Txn { mops: Vec<Mop> },
     /// Watch workload writer: put (revision filled on success).
-    WatchPut { keys: Vec<String>, value: u64, revision: Option<i64> },
+    WatchPut {
+        keys: Vec<String>,
+        value: u64,
+        revision: Option<i64>,
+    },
     /// Watch workload writer: delete.
     WatchDelete { key: String, revision: Option<i64> },
     /// Kube: create if absent (`revision` of the create).
-    KubeCreate { key: String, value: u64, revision: Option<i64> },
+    KubeCreate {
+        key: String,
+        value: u64,
+        revision: Option<i64>,
+    },
     /// Kube: update guarded by mod_revision.
-    KubeUpdate { key: String, expect: i64, value: u64, revision: Option<i64> },
+    KubeUpdate {
+        key: String,
+        expect: i64,
+        value: u64,
+        revision: Option<i64>,
+    },
     /// Kube: delete guarded by mod_revision.
-    KubeDelete { key: String, expect: i64, revision: Option<i64> },
+    KubeDelete {
+        key: String,
+        expect: i64,
+        revision: Option<i64>,
+    },
     /// Lease: put `key` under a lease of `ttl` seconds.
     LeasePut { key: String, lease: i64, ttl: i64 },
     /// Lease: keep-alive (the TTL the server answered).
-    LeaseKeepAlive { key: String, lease: i64, ttl: Option<i64> },
+    LeaseKeepAlive {
+        key: String,
+        lease: i64,
+        ttl: Option<i64>,
+    },
     /// Lease: a linearizable read of the key (whether it exists).
     LeaseRead { key: String, present: Option<bool> },
     /// Kube: the reflector's cache once caught up, and a fresh list at `revision`
@@ -105,13 +126,36 @@ pub struct WatchEvent {
 #[serde(tag = "w", rename_all = "kebab-case")]
 pub enum WatchRecord {
     /// A session opened from `start_revision` (watch id `session`).
-    Open { watcher: u64, session: u64, node: usize, start_revision: i64, at: u64 },
+    Open {
+        watcher: u64,
+        session: u64,
+        node: usize,
+        start_revision: i64,
+        at: u64,
+    },
     /// A response with events.
-    Events { watcher: u64, session: u64, header_revision: i64, events: Vec<WatchEvent>, at: u64 },
+    Events {
+        watcher: u64,
+        session: u64,
+        header_revision: i64,
+        events: Vec<WatchEvent>,
+        at: u64,
+    },
     /// A progress notification.
-    Progress { watcher: u64, session: u64, header_revision: i64, at: u64 },
+    Progress {
+        watcher: u64,
+        session: u64,
+        header_revision: i64,
+        at: u64,
+    },
     /// The session ended; `compact_revision` if the server said the start was compacted.
-    Close { watcher: u64, session: u64, compact_revision: i64, reason: String, at: u64 },
+    Close {
+        watcher: u64,
+        session: u64,
+        compact_revision: i64,
+        reason: String,
+        at: u64,
+    },
 }
 
 /// A fault window, for the report and the plot.

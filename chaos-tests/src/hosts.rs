@@ -152,12 +152,19 @@ impl Hosts {
         for (ns, veth, addr) in &hosts {
             ip(&["netns", "add", ns])?;
             ip(&[
-                "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", veth, "netns",
-                &br,
+                "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", veth, "netns", &br,
             ])?;
             ip(&["-n", &br, "link", "set", veth, "master", "br0", "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
             let default = ip(&["-n", ns, "route", "show", "default"])?;
             if !default.trim().is_empty() {
@@ -247,7 +254,9 @@ impl Hosts {
     /// Drops packets from each `(a, b)` to `b` at `a` (one direction).
     pub fn block(&self, pairs: &[(usize, usize)]) -> Result<()> {
         if self.mode == Mode::Loopback {
-            return Err(Error::Unsupported("network faults need namespaces (run as root)".into()));
+            return Err(Error::Unsupported(
+                "network faults need namespaces (run as root)".into(),
+            ));
         }
         let mut blocked = self.blocked.lock();
         for &(a, b) in pairs {
@@ -280,7 +289,9 @@ impl Hosts {
     /// Limits member `i`'s outgoing bandwidth with a token bucket (`None` removes it).
     pub fn set_bandwidth(&self, i: usize, rate: Option<&str>) -> Result<()> {
         if self.mode == Mode::Loopback {
-            return Err(Error::Unsupported("network faults need namespaces (run as root)".into()));
+            return Err(Error::Unsupported(
+                "network faults need namespaces (run as root)".into(),
+            ));
         }
         let ns = self.member_ns(i);
         match rate {

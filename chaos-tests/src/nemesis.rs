@@ -270,12 +270,7 @@ async fn partition(cluster: &Arc<Cluster>, groups: Vec<Vec<usize>>) -> Result<St
 }
 
 /// Flaps random links every 200 ms for `window`.
-async fn flaky(
-    cluster: &Arc<Cluster>,
-    seed: u64,
-    window: Duration,
-    stop: &Stop,
-) -> Result<()> {
+async fn flaky(cluster: &Arc<Cluster>, seed: u64, window: Duration, stop: &Stop) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     let n = cluster.nodes();
     let end = tokio::time::Instant::now() + window;

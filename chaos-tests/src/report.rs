@@ -33,7 +33,10 @@ pub struct Summary {
 impl Summary {
     /// True if every checker and final check passed.
     pub fn valid(&self) -> bool {
-        self.verdicts.iter().chain(&self.final_checks).all(|v| v.valid)
+        self.verdicts
+            .iter()
+            .chain(&self.final_checks)
+            .all(|v| v.valid)
     }
 
     /// The names of the checkers that failed.
@@ -51,10 +54,18 @@ impl Summary {
         let mut s = String::new();
         let all: Vec<_> = ops(entries).collect();
         let count = |st: Status| all.iter().filter(|o| o.status == st).count();
-        let _ = writeln!(s, "kvstore chaos run: {}", if self.valid() { "VALID" } else { "INVALID" });
+        let _ = writeln!(
+            s,
+            "kvstore chaos run: {}",
+            if self.valid() { "VALID" } else { "INVALID" }
+        );
         let _ = writeln!(s, "command:   {}", self.command);
         let _ = writeln!(s, "mode:      {}", self.mode);
-        let _ = writeln!(s, "members:   {}   seed: {}   duration: {:.1}s", self.nodes, self.seed, self.seconds);
+        let _ = writeln!(
+            s,
+            "members:   {}   seed: {}   duration: {:.1}s",
+            self.nodes, self.seed, self.seconds
+        );
         let _ = writeln!(s, "nemeses:   {}", self.nemeses.join(", "));
         let _ = writeln!(s, "workloads: {}", self.workloads.join(", "));
         if let Some(i) = &self.injected {
@@ -68,7 +79,10 @@ impl Summary {
             count(Status::Fail),
             count(Status::Info)
         );
-        let faults = entries.iter().filter(|e| matches!(e, Entry::Fault(_))).count();
+        let faults = entries
+            .iter()
+            .filter(|e| matches!(e, Entry::Fault(_)))
+            .count();
         let _ = writeln!(s, "faults:    {faults} windows");
         for e in entries {
             if let Entry::Fault(f) = e {
@@ -127,7 +141,10 @@ pub fn plot(path: &Path, entries: &[Entry]) -> Result<(), String> {
     let root = SVGBackend::new(path, (1400, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("operations over time (latency, log scale) and faults", ("sans-serif", 20))
+        .caption(
+            "operations over time (latency, log scale) and faults",
+            ("sans-serif", 20),
+        )
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)

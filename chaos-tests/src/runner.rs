@@ -83,7 +83,11 @@ pub fn run(config: &RunConfig) -> Result<Summary> {
         seed: config.seed,
         seconds,
         nemeses: config.faults.iter().map(|f| f.name()).collect(),
-        workloads: config.workloads.iter().map(|w| format!("{w:?}").to_lowercase()).collect(),
+        workloads: config
+            .workloads
+            .iter()
+            .map(|w| format!("{w:?}").to_lowercase())
+            .collect(),
         injected: config.inject.clone(),
         final_checks,
         verdicts,
@@ -185,7 +189,10 @@ async fn drive(hosts: Arc<Hosts>, config: RunConfig) -> Result<(Vec<Entry>, Vec<
     let mut final_checks = vec![Verdict::new(
         "heal",
         "every fault healed before the final checks".into(),
-        healed.err().map(|e| vec![format!("healing failed: {e}")]).unwrap_or_default(),
+        healed
+            .err()
+            .map(|e| vec![format!("healing failed: {e}")])
+            .unwrap_or_default(),
     )];
     nemesis::heal_all(&cluster).await?;
     for t in tasks {
@@ -252,13 +259,18 @@ async fn hash_check(cluster: &Cluster) -> Verdict {
             for i in 0..n {
                 hashes.push(cluster.hash_kv(i, rev).await.map_err(|e| e.to_string()));
             }
-            if hashes.iter().any(|h| h.is_err() || h.as_ref().ok() != hashes[0].as_ref().ok()) {
+            if hashes
+                .iter()
+                .any(|h| h.is_err() || h.as_ref().ok() != hashes[0].as_ref().ok())
+            {
                 problems.push(format!("HashKV at revision {rev} differs: {hashes:?}"));
             }
             return Verdict::new("hashkv", format!("{n} members at revision {rev}"), problems);
         }
         if tokio::time::Instant::now() > deadline {
-            problems.push(format!("members did not converge on one revision within 60 s: {revs:?}"));
+            problems.push(format!(
+                "members did not converge on one revision within 60 s: {revs:?}"
+            ));
             return Verdict::new("hashkv", format!("{n} members"), problems);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;

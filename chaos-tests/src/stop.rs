@@ -6,6 +6,12 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Stop(tokio::sync::watch::Sender<bool>);
 
+impl Default for Stop {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Stop {
     /// A fresh signal.
     pub fn new() -> Self {

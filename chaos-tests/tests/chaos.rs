@@ -36,7 +36,10 @@ fn kvstore_binary(bin: &str, features: &[&str]) -> PathBuf {
         cmd.args(["--features", f]);
     }
     let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build -p kvstore --bin {bin} failed");
+    assert!(
+        status.success(),
+        "cargo build -p kvstore --bin {bin} failed"
+    );
     target_dir().join("debug").join(bin)
 }
 
@@ -57,7 +60,9 @@ fn config(name: &str, binary: PathBuf, seconds: u64) -> RunConfig {
         workloads: Vec::new(),
         seed: 7,
         inject: None,
-        results: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos").join(name),
+        results: PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("chaos")
+            .join(name),
         snapshot_count: 100,
         namespaces: true,
         quiet: Duration::from_secs(2),
@@ -69,8 +74,8 @@ fn config(name: &str, binary: PathBuf, seconds: u64) -> RunConfig {
 }
 
 fn show(config: &RunConfig, summary: &Summary) -> String {
-    let entries = chaos_tests::history::read_jsonl(&config.results.join("history.jsonl"))
-        .unwrap_or_default();
+    let entries =
+        chaos_tests::history::read_jsonl(&config.results.join("history.jsonl")).unwrap_or_default();
     summary.text(&entries)
 }
 
@@ -87,7 +92,12 @@ fn healthy_cluster_passes_every_checker_under_every_nemesis() {
     let text = show(&c, &summary);
     println!("{text}");
     assert!(summary.valid(), "healthy cluster reported invalid:\n{text}");
-    for file in ["history.jsonl", "results.txt", "results.json", "timeline.svg"] {
+    for file in [
+        "history.jsonl",
+        "results.txt",
+        "results.json",
+        "timeline.svg",
+    ] {
         assert!(c.results.join(file).exists(), "{file} missing");
     }
 }

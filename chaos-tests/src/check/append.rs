@@ -304,7 +304,11 @@ fn describe(txns: &[&Op], cycle: &[usize]) -> String {
                     .join(", "),
                 _ => String::new(),
             };
-            format!("T{i}[{:.3}s-{:.3}s: {mops}]", t.start as f64 / 1e9, t.end as f64 / 1e9)
+            format!(
+                "T{i}[{:.3}s-{:.3}s: {mops}]",
+                t.start as f64 / 1e9,
+                t.end as f64 / 1e9
+            )
         })
         .collect::<Vec<_>>()
         .join(" -> ")
@@ -334,7 +338,10 @@ fn find_cycles(txns: &[&Op], g: &Graph) -> Vec<String> {
         if comp.iter().all(|c| explained.contains(c)) {
             continue;
         }
-        problems.push(format!("G1c (circular information flow): {}", sample(&comp, &wwr)));
+        problems.push(format!(
+            "G1c (circular information flow): {}",
+            sample(&comp, &wwr)
+        ));
         explained.extend(comp);
     }
     let mut single = 0;
@@ -359,7 +366,10 @@ fn find_cycles(txns: &[&Op], g: &Graph) -> Vec<String> {
                 single += 1;
                 problems.push(format!("G-single (read skew): {}", describe(txns, &c)));
             }
-            None => problems.push(format!("G2 (anti-dependency cycle): {}", sample(&comp, &ser))),
+            None => problems.push(format!(
+                "G2 (anti-dependency cycle): {}",
+                sample(&comp, &ser)
+            )),
         }
         explained.extend(comp);
     }
@@ -424,7 +434,11 @@ mod tests {
             txn(0, 10, Status::Ok, vec![ap("x", 1), rd("y", &[1])]),
             txn(0, 10, Status::Ok, vec![ap("y", 1), rd("x", &[1])]),
         ];
-        assert!(problems(&h).iter().any(|p| p.starts_with("G1c")), "{:?}", problems(&h));
+        assert!(
+            problems(&h).iter().any(|p| p.starts_with("G1c")),
+            "{:?}",
+            problems(&h)
+        );
     }
 
     #[test]
@@ -436,7 +450,11 @@ mod tests {
             txn(0, 10, Status::Ok, vec![rd("x", &[1, 2]), rd("y", &[1])]),
             txn(11, 12, Status::Ok, vec![rd("y", &[1, 2])]),
         ];
-        assert!(problems(&h).iter().any(|p| p.starts_with("G-single")), "{:?}", problems(&h));
+        assert!(
+            problems(&h).iter().any(|p| p.starts_with("G-single")),
+            "{:?}",
+            problems(&h)
+        );
     }
 
     #[test]
@@ -446,7 +464,11 @@ mod tests {
             txn(0, 10, Status::Ok, vec![ap("x", 2), ap("y", 1)]),
             txn(11, 12, Status::Ok, vec![rd("x", &[1, 2]), rd("y", &[1, 2])]),
         ];
-        assert!(problems(&h).iter().any(|p| p.starts_with("G0")), "{:?}", problems(&h));
+        assert!(
+            problems(&h).iter().any(|p| p.starts_with("G0")),
+            "{:?}",
+            problems(&h)
+        );
     }
 
     #[test]
@@ -458,7 +480,9 @@ mod tests {
             txn(6, 7, Status::Ok, vec![rd("x", &[1, 2])]),
         ];
         assert!(
-            problems(&h).iter().any(|p| p.starts_with("strict serializability")),
+            problems(&h)
+                .iter()
+                .any(|p| p.starts_with("strict serializability")),
             "{:?}",
             problems(&h)
         );
@@ -481,6 +505,9 @@ mod tests {
         let p = problems(&h);
         assert!(p.iter().any(|p| p.starts_with("lost write")), "{p:?}");
         assert!(p.iter().any(|p| p.starts_with("G1a")), "{p:?}");
-        assert!(p.iter().any(|p| p.starts_with("incompatible order")), "{p:?}");
+        assert!(
+            p.iter().any(|p| p.starts_with("incompatible order")),
+            "{p:?}"
+        );
     }
 }

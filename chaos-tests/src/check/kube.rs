@@ -66,12 +66,16 @@ pub fn check(entries: &[Entry]) -> Verdict {
                 ));
             }
             if revision.is_some_and(|r| r <= expect) {
-                problems.push(format!("{key}: write after {expect} acknowledged at {revision:?}"));
+                problems.push(format!(
+                    "{key}: write after {expect} acknowledged at {revision:?}"
+                ));
             }
         }
         if let Some(r) = revision {
             if let Some(k) = revisions.insert(*r, key) {
-                problems.push(format!("revision {r} acknowledged for writes to {k} and {key}"));
+                problems.push(format!(
+                    "revision {r} acknowledged for writes to {k} and {key}"
+                ));
             }
         }
     }
@@ -102,8 +106,18 @@ mod tests {
     #[test]
     fn two_updates_from_one_revision_are_a_lost_update() {
         let h = vec![
-            ok(Call::KubeUpdate { key: "k/1".into(), expect: 5, value: 1, revision: Some(6) }),
-            ok(Call::KubeUpdate { key: "k/1".into(), expect: 5, value: 2, revision: Some(7) }),
+            ok(Call::KubeUpdate {
+                key: "k/1".into(),
+                expect: 5,
+                value: 1,
+                revision: Some(6),
+            }),
+            ok(Call::KubeUpdate {
+                key: "k/1".into(),
+                expect: 5,
+                value: 2,
+                revision: Some(7),
+            }),
         ];
         assert!(check(&h).problems.iter().any(|p| p.contains("lost update")));
     }
@@ -112,7 +126,11 @@ mod tests {
     fn stale_reflector_cache_is_found() {
         let list = [("k/1".to_string(), (2, 7))].into_iter().collect();
         let cache = [("k/1".to_string(), (1, 6))].into_iter().collect();
-        let h = vec![ok(Call::KubeCache { revision: 7, cache, list })];
+        let h = vec![ok(Call::KubeCache {
+            revision: 7,
+            cache,
+            list,
+        })];
         assert!(!check(&h).valid);
     }
 }

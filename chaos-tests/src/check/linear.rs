@@ -152,7 +152,12 @@ fn search(events: Vec<Event>) -> KeyResult {
         .take(3)
         .map(|i| {
             let e = &events[i];
-            format!("{:?} [{:.3}s, {:.3}s]", e.effect, secs(e.start), secs(e.end))
+            format!(
+                "{:?} [{:.3}s, {:.3}s]",
+                e.effect,
+                secs(e.start),
+                secs(e.end)
+            )
         })
         .collect();
     KeyResult::Violation(format!(

@@ -309,7 +309,11 @@ mod tests {
             events(1, vec![ev(2, "w/a", 1, None)]),
             progress(1, 4),
         ];
-        assert!(problems(&h).iter().any(|p| p.contains("gap")), "{:?}", problems(&h));
+        assert!(
+            problems(&h).iter().any(|p| p.contains("gap")),
+            "{:?}",
+            problems(&h)
+        );
     }
 
     #[test]
@@ -336,7 +340,11 @@ mod tests {
             events(1, vec![ev(2, "w/a", 1, None)]),
             events(1, vec![ev(3, "w/a", 2, Some(7))]),
         ];
-        assert!(problems(&h).iter().any(|p| p.contains("prev_kv")), "{:?}", problems(&h));
+        assert!(
+            problems(&h).iter().any(|p| p.contains("prev_kv")),
+            "{:?}",
+            problems(&h)
+        );
     }
 
     #[test]
@@ -346,6 +354,10 @@ mod tests {
             open(1, 1),
             events(1, vec![ev(2, "w/a", 9, None)]),
         ];
-        assert!(problems(&h).iter().any(|p| p.contains("delivered as")), "{:?}", problems(&h));
+        assert!(
+            problems(&h).iter().any(|p| p.contains("delivered as")),
+            "{:?}",
+            problems(&h)
+        );
     }
 }

@@ -79,15 +79,28 @@ async fn writer(ctx: Ctx, c: usize) {
         let value = ctx.value();
         let (call, txn) = match current.kvs.first() {
             None => (
-                Call::KubeCreate { key: key.clone(), value, revision: None },
+                Call::KubeCreate {
+                    key: key.clone(),
+                    value,
+                    revision: None,
+                },
                 guarded(&key, CompareTarget::Create, 0, put(value)),
             ),
             Some(obj) if rng.random_bool(0.8) => (
-                Call::KubeUpdate { key: key.clone(), expect: obj.mod_revision, value, revision: None },
+                Call::KubeUpdate {
+                    key: key.clone(),
+                    expect: obj.mod_revision,
+                    value,
+                    revision: None,
+                },
                 guarded(&key, CompareTarget::Mod, obj.mod_revision, put(value)),
             ),
             Some(obj) => (
-                Call::KubeDelete { key: key.clone(), expect: obj.mod_revision, revision: None },
+                Call::KubeDelete {
+                    key: key.clone(),
+                    expect: obj.mod_revision,
+                    revision: None,
+                },
                 guarded(
                     &key,
                     CompareTarget::Mod,
@@ -103,11 +116,24 @@ async fn writer(ctx: Ctx, c: usize) {
             Ok(r) if r.succeeded => {
                 let rev = r.header.map(|h| h.revision);
                 let call = match call {
-                    Call::KubeCreate { key, value, .. } => Call::KubeCreate { key, value, revision: rev },
-                    Call::KubeUpdate { key, expect, value, .. } => {
-                        Call::KubeUpdate { key, expect, value, revision: rev }
-                    }
-                    Call::KubeDelete { key, expect, .. } => Call::KubeDelete { key, expect, revision: rev },
+                    Call::KubeCreate { key, value, .. } => Call::KubeCreate {
+                        key,
+                        value,
+                        revision: rev,
+                    },
+                    Call::KubeUpdate {
+                        key, expect, value, ..
+                    } => Call::KubeUpdate {
+                        key,
+                        expect,
+                        value,
+                        revision: rev,
+                    },
+                    Call::KubeDelete { key, expect, .. } => Call::KubeDelete {
+                        key,
+                        expect,
+                        revision: rev,
+                    },
                     other => other,
                 };
                 (call, Outcome::Ok)
@@ -166,8 +192,16 @@ async fn reflector(ctx: Ctx) {
         if let (Some((want, rev)), Some((cache, at))) = (&target, &state) {
             if at >= rev || give_up.is_some_and(|g| tokio::time::Instant::now() > g) {
                 let start = ctx.recorder.now();
-                let call = Call::KubeCache { revision: *rev, cache: cache.clone(), list: want.clone() };
-                let outcome = if at >= rev { Outcome::Ok } else { Outcome::Info("did not catch up".into()) };
+                let call = Call::KubeCache {
+                    revision: *rev,
+                    cache: cache.clone(),
+                    list: want.clone(),
+                };
+                let outcome = if at >= rev {
+                    Outcome::Ok
+                } else {
+                    Outcome::Info("did not catch up".into())
+                };
                 ctx.record(process, node, call, start, outcome);
                 return;
             }
@@ -180,8 +214,17 @@ async fn reflector(ctx: Ctx) {
             }
             continue;
         }
-        let Some((cache, rev)) = state.as_mut() else { continue };
-        let relist = watch_into(&ctx, node, cache, rev, Duration::from_millis(rng.random_range(1000..5000))).await;
+        let Some((cache, rev)) = state.as_mut() else {
+            continue;
+        };
+        let relist = watch_into(
+            &ctx,
+            node,
+            cache,
+            rev,
+            Duration::from_millis(rng.random_range(1000..5000)),
+        )
+        .await;
         if relist {
             state = None;
         }
@@ -189,7 +232,13 @@ async fn reflector(ctx: Ctx) {
 }
 
 /// Applies watch events from `rev + 1` for `length`; true if the revision was compacted.
-async fn watch_into(ctx: &Ctx, node: usize, cache: &mut Cache, rev: &mut i64, length: Duration) -> bool {
+async fn watch_into(
+    ctx: &Ctx,
+    node: usize,
+    cache: &mut Cache,
+    rev: &mut i64,
+    length: Duration,
+) -> bool {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let create = WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {

@@ -32,7 +32,12 @@ async fn client(ctx: Ctx, c: usize) {
         }
         round += 1;
         let key = format!("l/{process}/{round}");
-        let granted = timed(ctx.cluster.lease(node).lease_grant(LeaseGrantRequest { ttl: TTL, id: 0 })).await;
+        let granted = timed(
+            ctx.cluster
+                .lease(node)
+                .lease_grant(LeaseGrantRequest { ttl: TTL, id: 0 }),
+        )
+        .await;
         let Ok(granted) = granted else { continue };
         let lease = granted.id;
         let start = ctx.recorder.now();
@@ -45,7 +50,17 @@ async fn client(ctx: Ctx, c: usize) {
         .await;
         let outcome = put.map_or_else(|e| write_error(&e), |_| Outcome::Ok);
         let put_ok = matches!(outcome, Outcome::Ok);
-        ctx.record(process, node, Call::LeasePut { key: key.clone(), lease, ttl: TTL }, start, outcome);
+        ctx.record(
+            process,
+            node,
+            Call::LeasePut {
+                key: key.clone(),
+                lease,
+                ttl: TTL,
+            },
+            start,
+            outcome,
+        );
         if !put_ok {
             continue;
         }
@@ -55,7 +70,10 @@ async fn client(ctx: Ctx, c: usize) {
             let req = LeaseKeepAliveRequest { id: lease };
             let mut lc = ctx.cluster.lease(node);
             let answered = async {
-                let mut s = lc.lease_keep_alive(tokio_stream::iter(vec![req])).await?.into_inner();
+                let mut s = lc
+                    .lease_keep_alive(tokio_stream::iter(vec![req]))
+                    .await?
+                    .into_inner();
                 s.message().await
             };
             let outcome = match tokio::time::timeout(super::OP_TIMEOUT, answered).await {
@@ -64,7 +82,11 @@ async fn client(ctx: Ctx, c: usize) {
                 Ok(Err(e)) => (None, Outcome::Info(e.to_string())),
                 Err(_) => (None, Outcome::Info("timeout".into())),
             };
-            let call = Call::LeaseKeepAlive { key: key.clone(), lease, ttl: outcome.0 };
+            let call = Call::LeaseKeepAlive {
+                key: key.clone(),
+                lease,
+                ttl: outcome.0,
+            };
             ctx.record(process, node, call, start, outcome.1);
         }
         // Poll until gone (or give up after 20 s).
@@ -80,12 +102,30 @@ async fn client(ctx: Ctx, c: usize) {
             match got {
                 Ok(r) => {
                     let present = !r.kvs.is_empty();
-                    ctx.record(process, node, Call::LeaseRead { key: key.clone(), present: Some(present) }, start, Outcome::Ok);
+                    ctx.record(
+                        process,
+                        node,
+                        Call::LeaseRead {
+                            key: key.clone(),
+                            present: Some(present),
+                        },
+                        start,
+                        Outcome::Ok,
+                    );
                     if !present {
                         break;
                     }
                 }
-                Err(e) => ctx.record(process, node, Call::LeaseRead { key: key.clone(), present: None }, start, Outcome::Fail(e.to_string())),
+                Err(e) => ctx.record(
+                    process,
+                    node,
+                    Call::LeaseRead {
+                        key: key.clone(),
+                        present: None,
+                    },
+                    start,
+                    Outcome::Fail(e.to_string()),
+                ),
             }
         }
     }

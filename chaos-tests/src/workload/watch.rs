@@ -53,7 +53,13 @@ async fn writer(ctx: Ctx) {
                     Ok(_) => (None, Outcome::Ok),
                     Err(e) => (None, write_error(&e)),
                 };
-                ctx.record(process, node, Call::WatchDelete { key, revision }, start, outcome);
+                ctx.record(
+                    process,
+                    node,
+                    Call::WatchDelete { key, revision },
+                    start,
+                    outcome,
+                );
             }
             1..=3 => {
                 let mut keys = vec![key(&mut rng), key(&mut rng)];
@@ -79,7 +85,11 @@ async fn writer(ctx: Ctx) {
                     Ok(r) => (r.header.map(|h| h.revision), Outcome::Ok),
                     Err(e) => (None, write_error(&e)),
                 };
-                let call = Call::WatchPut { keys, value, revision };
+                let call = Call::WatchPut {
+                    keys,
+                    value,
+                    revision,
+                };
                 ctx.record(process, node, call, start, outcome);
             }
             _ => {
@@ -95,7 +105,11 @@ async fn writer(ctx: Ctx) {
                     Ok(r) => (r.header.map(|h| h.revision), Outcome::Ok),
                     Err(e) => (None, write_error(&e)),
                 };
-                let call = Call::WatchPut { keys: vec![k], value, revision };
+                let call = Call::WatchPut {
+                    keys: vec![k],
+                    value,
+                    revision,
+                };
                 ctx.record(process, node, call, start, outcome);
             }
         }
