@@ -168,31 +168,8 @@ impl Cluster {
     /// Starts member `i` once with `extra` flags added to the cluster's.
     pub fn spawn_with(&mut self, i: usize, extra: &[&str]) {
         let saved = self.extra_args.clone();
-        self.extra_args.extend(extra.iter().map(|a| (*a).to_owned()));
-        self.spawn(i);
-        self.extra_args = saved;
-    }
-
-    /// Waits up to `limit` for member `i`'s process to exit by itself; its exit status.
-    pub fn wait_exit(&mut self, i: usize, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let child = self.members[i].child.as_mut()?;
-            if let Ok(Some(status)) = child.try_wait() {
-                self.members[i].child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Starts member `i` once with `extra` flags added to the cluster's.
-    pub fn spawn_with(&mut self, i: usize, extra: &[&str]) {
-        let saved = self.extra_args.clone();
-        self.extra_args.extend(extra.iter().map(|a| (*a).to_owned()));
+        self.extra_args
+            .extend(extra.iter().map(|a| (*a).to_owned()));
         self.spawn(i);
         self.extra_args = saved;
     }
