@@ -108,12 +108,20 @@ pub struct Config {
     pub experimental_auto_compaction_revision_interval: std::time::Duration,
 
     /// Maximum number of revisions removed from disk per batch by a compaction.
-    #[arg(long, env = "KVSTORE_EXPERIMENTAL_COMPACTION_BATCH_LIMIT", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "KVSTORE_EXPERIMENTAL_COMPACTION_BATCH_LIMIT",
+        default_value_t = 1000
+    )]
     pub experimental_compaction_batch_limit: usize,
 
     /// Check this member's data against its peers' before serving clients; refuse to start
     /// on a mismatch.
-    #[arg(long, env = "KVSTORE_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value_t = false)]
+    #[arg(
+        long,
+        env = "KVSTORE_EXPERIMENTAL_INITIAL_CORRUPT_CHECK",
+        default_value_t = false
+    )]
     pub experimental_initial_corrupt_check: bool,
 
     /// How often the leader compares the members' HashKV and raises the CORRUPT alarm on a

@@ -104,7 +104,11 @@ async fn peer_hashes(node: &Node, rev: i64) -> Vec<PeerHash> {
     let members: Vec<u64> = {
         let metrics = node.raft.metrics();
         let m = metrics.borrow();
-        m.membership_config.membership().nodes().map(|(id, _)| *id).collect()
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect()
     };
     let asks = members
         .into_iter()
@@ -163,7 +167,10 @@ pub async fn initial_check(node: &Node) -> Result<(), Error> {
         );
         return Err(Error::Corrupt);
     }
-    tracing::info!(revision = rev, "initial corruption check passed: no corruption");
+    tracing::info!(
+        revision = rev,
+        "initial corruption check passed: no corruption"
+    );
     Ok(())
 }
 

@@ -23,8 +23,8 @@ pub mod alarm;
 pub mod apply;
 pub mod backup;
 pub mod compactor;
-pub mod corruption;
 pub mod config;
+pub mod corruption;
 pub mod error;
 #[cfg(feature = "fault-injection")]
 pub mod faults;

@@ -139,7 +139,10 @@ async fn periodic_mode_compacts_the_revision_of_one_retention_ago() {
     // sampling) was.
     let bound = written_before(end - Duration::from_millis(800));
     for c in &seen {
-        assert!(*c > first, "nothing compacted: {seen:?}, first write {first}");
+        assert!(
+            *c > first,
+            "nothing compacted: {seen:?}, first write {first}"
+        );
         assert!(
             *c <= bound,
             "compacted {seen:?}, but the revision of 0.8 s before the end was {bound}"

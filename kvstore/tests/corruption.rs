@@ -55,7 +55,13 @@ async fn hash_and_hash_kv_agree_across_members_at_the_same_revision() {
     let cluster = Cluster::start(3);
     cluster.leader().await;
     for i in 0..100 {
-        put(&cluster, i % 3, &format!("key{}", i % 17), &format!("value{i}")).await;
+        put(
+            &cluster,
+            i % 3,
+            &format!("key{}", i % 17),
+            &format!("value{i}"),
+        )
+        .await;
     }
     let mid = settled(&cluster, &[0, 1, 2]).await;
     cluster
@@ -93,13 +99,22 @@ async fn hash_and_hash_kv_agree_across_members_at_the_same_revision() {
                 .into_inner();
             kv_hashes.push((at, h.hash, h.compact_revision));
         }
-        hashes.push(m.hash(HashRequest {}).await.expect("hash").into_inner().hash);
+        hashes.push(
+            m.hash(HashRequest {})
+                .await
+                .expect("hash")
+                .into_inner()
+                .hash,
+        );
     }
     assert_eq!(kv_hashes[0], kv_hashes[2], "{kv_hashes:?}");
     assert_eq!(kv_hashes[0], kv_hashes[4], "{kv_hashes:?}");
     assert_eq!(kv_hashes[1], kv_hashes[3], "{kv_hashes:?}");
     assert_eq!(kv_hashes[1], kv_hashes[5], "{kv_hashes:?}");
-    assert_ne!(kv_hashes[0].1, kv_hashes[1].1, "later writes change the hash");
+    assert_ne!(
+        kv_hashes[0].1, kv_hashes[1].1,
+        "later writes change the hash"
+    );
     assert!(hashes.iter().all(|h| *h == hashes[0]), "Hash: {hashes:?}");
 }
 
@@ -146,7 +161,9 @@ async fn a_damaged_member_is_refused_at_start_and_raises_corrupt_when_running() 
 
     // With the initial check, the damaged member refuses to start.
     cluster.spawn_with(victim, &["--experimental-initial-corrupt-check"]);
-    let status = cluster.wait_exit(victim, RECOVERY).expect("the member exits");
+    let status = cluster
+        .wait_exit(victim, RECOVERY)
+        .expect("the member exits");
     assert!(!status.success(), "started despite damaged data");
     let log = std::fs::read_to_string(cluster.log_path(victim)).expect("log");
     assert!(
@@ -172,7 +189,10 @@ async fn a_damaged_member_is_refused_at_start_and_raises_corrupt_when_running() 
         if !alarms.is_empty() {
             assert_eq!(alarms.len(), 1, "{alarms:?}");
             assert_eq!(alarms[0].alarm, AlarmType::Corrupt as i32);
-            assert_eq!(alarms[0].member_id, victim_id, "the damaged member is named");
+            assert_eq!(
+                alarms[0].member_id, victim_id,
+                "the damaged member is named"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "CORRUPT never raised");

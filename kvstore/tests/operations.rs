@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvstore_proto::etcdserverpb::{
-    kv_client::KvClient, request_op::Request, CompactionRequest, PutRequest, RequestOp,
-    TxnRequest,
+    kv_client::KvClient, request_op::Request, CompactionRequest, PutRequest, RequestOp, TxnRequest,
 };
 use tonic::transport::Channel;
 
@@ -37,7 +36,11 @@ fn run(endpoints: &str, args: &[&str], what: &str) -> String {
 
 /// `kvctl endpoint status -w json` of one endpoint, as JSON.
 fn status(endpoint: &str) -> serde_json::Value {
-    let out = run(endpoint, &["endpoint", "status", "-w", "json"], "endpoint status");
+    let out = run(
+        endpoint,
+        &["endpoint", "status", "-w", "json"],
+        "endpoint status",
+    );
     let json: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
     json[0]["Status"].clone()
 }
@@ -99,7 +102,11 @@ fn backup_then_restore_the_whole_cluster() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = start_cluster(dir.path(), &["m1", "m2", "m3"], &[]);
     for i in 0..10 {
-        run(&cluster.all, &["put", &format!("k{i}"), &format!("v{i}")], "put");
+        run(
+            &cluster.all,
+            &["put", &format!("k{i}"), &format!("v{i}")],
+            "put",
+        );
     }
     let old_cluster_id = status(&cluster.specs[0].endpoint())["header"]["cluster_id"].clone();
 
@@ -122,7 +129,10 @@ fn backup_then_restore_the_whole_cluster() {
 
     // Restore: stop every member, restore each from the same file with a new token, start.
     let StartedCluster {
-        specs, initial, procs, ..
+        specs,
+        initial,
+        procs,
+        ..
     } = cluster;
     drop(procs);
     let restored = dir.path().join("restored");
@@ -156,7 +166,10 @@ fn backup_then_restore_the_whole_cluster() {
     for spec in &specs {
         let s = status(&spec.endpoint());
         assert_eq!(s["header"]["revision"].as_i64(), Some(revision), "{s}");
-        assert_ne!(s["header"]["cluster_id"], old_cluster_id, "a new cluster ID");
+        assert_ne!(
+            s["header"]["cluster_id"], old_cluster_id,
+            "a new cluster ID"
+        );
     }
     let got = run(&all, &["get", "k7"], "get");
     assert_eq!(got, "k7\nv7\n");
@@ -188,12 +201,24 @@ fn replace_a_failed_member_add_and_remove_members_then_restart_them_one_by_one()
     let m4 = Spec::new("m4");
     let added = run(
         &survivors,
-        &["member", "add", "m4", &format!("--peer-urls={}", m4.peer_url())],
+        &[
+            "member",
+            "add",
+            "m4",
+            &format!("--peer-urls={}", m4.peer_url()),
+        ],
         "member add",
     );
     let initial = initial_cluster_from(&added);
     assert!(!initial.contains("m3="), "{initial}");
-    procs[2] = Some(start_with(dir.path(), &m4, &initial, "existing", TOKEN, &[]));
+    procs[2] = Some(start_with(
+        dir.path(),
+        &m4,
+        &initial,
+        "existing",
+        TOKEN,
+        &[],
+    ));
     flags[2] = (initial, "existing");
     specs[2] = m4;
     let all = endpoints_of(&specs);
@@ -236,7 +261,11 @@ fn replace_a_failed_member_add_and_remove_members_then_restart_them_one_by_one()
         &[],
     );
     // "Member <ID> added to cluster <ID>": it has no name until it starts and publishes it.
-    let m5_id = added.split_whitespace().nth(1).expect("member ID").to_string();
+    let m5_id = added
+        .split_whitespace()
+        .nth(1)
+        .expect("member ID")
+        .to_string();
     eventually(WAIT, "member promote", || {
         kvctl(&["--endpoints", &all, "member", "promote", &m5_id])
             .status

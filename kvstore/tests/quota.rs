@@ -34,7 +34,12 @@ fn start_etcd(dir: &Path) -> (Etcd, String) {
     let child = Command::new("/usr/bin/etcd")
         .args(["--name", "etcd", "--data-dir"])
         .arg(dir.join("etcd"))
-        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
         .args(["--listen-peer-urls", &spec.peer_url()])
         .args(["--initial-advertise-peer-urls", &spec.peer_url()])
         .args(["--initial-cluster", &format!("etcd={}", spec.peer_url())])
@@ -144,7 +149,11 @@ fn scenario(endpoints: &[String]) -> Vec<String> {
     seen.push(said(&etcdctl(first, &["lease", "grant", "100"])));
     seen.push(said(&etcdctl_txn(first, "\nput k2 v\n\n\n")));
     // Reads, deletes (also in a transaction) and compaction still work.
-    seen.push(said(&etcdctl(first, &["get", "k1", "--print-value-only"])).len().to_string());
+    seen.push(
+        said(&etcdctl(first, &["get", "k1", "--print-value-only"]))
+            .len()
+            .to_string(),
+    );
     seen.push(said(&etcdctl(first, &["del", "k1"])));
     seen.push(said(&etcdctl_txn(first, "\ndel k2\n\n\n")));
     // etcd's runbook: compact away the old revisions, defragment every member, disarm.
@@ -208,5 +217,8 @@ fn nospace_is_raised_cluster_wide_and_recovered_as_etcds_runbook_says() {
     }
     assert_eq!(from_etcd[1], "memberID:ID alarm:NOSPACE", "{from_etcd:?}");
     assert_eq!(from_etcd[2], nospace, "{from_etcd:?}");
-    assert_eq!(from_kvstore, expected, "kvstore (left) against etcd 3.4 (right)");
+    assert_eq!(
+        from_kvstore, expected,
+        "kvstore (left) against etcd 3.4 (right)"
+    );
 }
