@@ -68,6 +68,14 @@ impl Call<'_> {
 
     /// The request body as a JSON object; anything else is 400 before the store is touched.
     fn body_object(&self) -> ApiResult<Value> {
+        let ct = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct.is_empty() && !ct.contains("json") {
+            return Err(ApiError::unsupported_media_type(ct));
+        }
         let v: Value = serde_json::from_slice(&self.body).map_err(|e| {
             ApiError::bad_request(format!("the object provided is unrecognized: {e}"))
         })?;

@@ -92,6 +92,9 @@ fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
     Ok((rev, start.to_string()))
 }
 
+/// Keys per store read for an unpaged list.
+const LIST_CHUNK: i64 = 1000;
+
 const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
 
 impl Registry {
@@ -138,7 +141,9 @@ impl Registry {
         };
         let continuing = opts.continue_token.is_some();
         let mut items = Vec::new();
-        let page = if opts.limit > 0 { opts.limit.max(1) } else { 0 };
+        // Unpaged lists still read the store in chunks at one revision, so no single store
+        // response grows with the collection.
+        let page = if opts.limit > 0 { opts.limit } else { LIST_CHUNK };
         loop {
             let batch = self
                 .store

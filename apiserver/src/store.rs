@@ -115,6 +115,14 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// Largest store response accepted: well above etcd's 1.5 MiB value limit times the 1000 keys
+/// a list chunk reads, so no single gRPC message of ours can be refused for size.
+const MAX_MESSAGE: usize = 256 << 20;
+
+fn kv_client(ch: Channel) -> KvClient<Channel> {
+    KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE)
+}
+
 fn is_retryable(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
@@ -211,7 +219,7 @@ impl Store {
                     key: key.clone(),
                     ..Default::default()
                 };
-                async move { KvClient::new(ch).range(req).await.map(|r| r.into_inner()) }
+                async move { kv_client(ch).range(req).await.map(|r| r.into_inner()) }
             })
             .await?;
         let rev = resp.header.map(|h| h.revision).unwrap_or(0);
@@ -229,7 +237,7 @@ impl Store {
                     revision,
                     ..Default::default()
                 };
-                async move { KvClient::new(ch).range(req).await.map(|r| r.into_inner()) }
+                async move { kv_client(ch).range(req).await.map(|r| r.into_inner()) }
             })
             .await?;
         Ok(Page {
@@ -249,7 +257,7 @@ impl Store {
                     count_only: true,
                     ..Default::default()
                 };
-                async move { KvClient::new(ch).range(req).await.map(|r| r.into_inner()) }
+                async move { kv_client(ch).range(req).await.map(|r| r.into_inner()) }
             })
             .await?;
         Ok(resp.header.map(|h| h.revision).unwrap_or(0))
@@ -258,7 +266,7 @@ impl Store {
     async fn txn(&self, req: TxnRequest) -> Result<kvstore_proto::etcdserverpb::TxnResponse> {
         self.with_failover(|ch| {
             let req = req.clone();
-            async move { KvClient::new(ch).txn(req).await.map(|r| r.into_inner()) }
+            async move { kv_client(ch).txn(req).await.map(|r| r.into_inner()) }
         })
         .await
     }
@@ -345,7 +353,7 @@ impl Store {
                 continue;
             }
             let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-            let mut client = WatchClient::new(ch);
+            let mut client = WatchClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
             match tokio::time::timeout(Duration::from_secs(5), client.watch(stream)).await {
                 Ok(Ok(resp)) => return Ok((tx, resp.into_inner())),
                 Ok(Err(status)) => last = format!("{url}: {}", status.message()),

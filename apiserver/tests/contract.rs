@@ -69,6 +69,8 @@ fn crud_conflicts_and_errors(backend: Backend) {
     let garbage = c.request("POST", pods, Some(b"{not json"), "application/json");
     assert_eq!((garbage.code, garbage.body["reason"].as_str()), (400, Some("BadRequest")));
     assert_eq!(c.get(&format!("{pods}/bad")).code, 404);
+    let proto = c.request("POST", pods, Some(b"k8s\0"), "application/vnd.kubernetes.protobuf");
+    assert_eq!((proto.code, proto.body["reason"].as_str()), (415, Some("UnsupportedMediaType")));
     let unknown = c.get("/api/v1/namespaces/default/widgets");
     assert_eq!((unknown.code, unknown.body["reason"].as_str()), (404, Some("NotFound")));
     let no_ns = c.post("/api/v1/namespaces/nowhere/pods", &pod("x", json!({})));

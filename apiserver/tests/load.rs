@@ -6,7 +6,8 @@
 //! Run (release build, the figures in docs/apiserver.md came from this):
 //! `cargo build --release -p kvstore --bin kvstore &&
 //!  cargo test --release -p apiserver --test load -- --ignored --nocapture`
-//! `LOAD_PODS` (default 10000) and `LOAD_CLIENTS` (default 16) change the size.
+//! `LOAD_PODS` (default 10000) and `LOAD_CLIENTS` (default 16) change the size;
+//! `LOAD_BACKEND=etcd` runs it against etcd 3.4 instead of kvstore.
 
 mod support;
 
@@ -68,10 +69,14 @@ fn load_10k_pods() {
     let pods = env_usize("LOAD_PODS", 10_000);
     let clients = env_usize("LOAD_CLIENTS", 16);
     let per_client = pods / clients;
-    let store = start_store(Backend::Kvstore, 1);
+    let backend = match std::env::var("LOAD_BACKEND").as_deref() {
+        Ok("etcd") => Backend::Etcd,
+        _ => Backend::Kvstore,
+    };
+    let store = start_store(backend, 1);
     let api = Apiserver::start(&store.endpoints_csv(), &["--max-requests-inflight", "0"]);
     let base = api.url.clone();
-    println!("{pods} pods, {clients} clients, one apiserver, one kvstore member");
+    println!("{pods} pods, {clients} clients, one apiserver, one {backend:?} member");
     println!("| call | n | p50 ms | p90 ms | p99 ms | max ms | SLO |");
     println!("|---|---|---|---|---|---|---|");
 
