@@ -45,8 +45,8 @@ pub struct Hosts {
     run: String,
     /// Number of member hosts.
     nodes: usize,
-    /// First port in loopback mode (members use `base + 2i`, `base + 2i + 1`).
-    port_base: u16,
+    /// Client and peer ports per member in loopback mode (free when set up).
+    loopback_ports: Vec<(u16, u16)>,
     /// Blackhole routes installed: (from member, to member).
     blocked: parking_lot::Mutex<BTreeSet<(usize, usize)>>,
     /// Set once the namespaces are deleted.
@@ -106,7 +106,11 @@ impl Hosts {
     pub fn setup(nodes: usize, namespaces: bool) -> Result<Self> {
         let seq = RUN_SEQ.fetch_add(1, Ordering::SeqCst);
         let run = format!("{PREFIX}-{}-{seq}", std::process::id());
-        let port_base = 21000 + ((std::process::id() % 400) as u16) * 50 + (seq as u16 % 5) * 10;
+        let loopback_ports = if namespaces {
+            Vec::new()
+        } else {
+            free_ports(nodes)?
+        };
         let hosts = Self {
             mode: if namespaces {
                 Mode::Namespaces
@@ -115,7 +119,7 @@ impl Hosts {
             },
             run,
             nodes,
-            port_base,
+            loopback_ports,
             blocked: parking_lot::Mutex::new(BTreeSet::new()),
             torn_down: false.into(),
         };
@@ -186,10 +190,7 @@ impl Hosts {
     pub fn ports(&self, i: usize) -> (u16, u16) {
         match self.mode {
             Mode::Namespaces => (2379, 2380),
-            Mode::Loopback => {
-                let base = self.port_base + 2 * i as u16;
-                (base, base + 1)
-            }
+            Mode::Loopback => self.loopback_ports[i],
         }
     }
 
@@ -329,6 +330,18 @@ impl Drop for Hosts {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// Pairs of ports the kernel just handed out as free (bound at once, then released).
+fn free_ports(nodes: usize) -> Result<Vec<(u16, u16)>> {
+    let listeners = (0..2 * nodes)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let ports = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(ports.chunks(2).map(|c| (c[0], c[1])).collect())
 }
 
 fn ip_netns_tc(ns: &str, args: &[&str]) -> Result<()> {
