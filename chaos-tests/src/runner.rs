@@ -82,7 +82,12 @@ pub fn run(config: &RunConfig) -> Result<Summary> {
         nodes: config.nodes,
         seed: config.seed,
         seconds,
-        nemeses: config.faults.iter().map(|f| f.name()).collect(),
+        nemeses: config
+            .faults
+            .iter()
+            .filter(|f| hosts.mode == Mode::Namespaces || !f.needs_network())
+            .map(|f| f.name())
+            .collect(),
         workloads: config
             .workloads
             .iter()
