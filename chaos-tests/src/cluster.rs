@@ -1,6 +1,7 @@
 //! The cluster under test: real kvstore processes on the [`Hosts`], started, killed, paused
 //! and re-added by the nemesis, and gRPC clients to each of them.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
@@ -164,6 +165,9 @@ impl Cluster {
             .args(["--experimental-watch-progress-notify-interval", "2s"])
             .arg("--unsafe-no-fsync")
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
+            // Its own process group: a Ctrl-C at the terminal reaches the harness only, which
+            // then heals and stops the members itself.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -96,6 +96,11 @@ pub fn cleanup_leftovers() {
         };
         let pid = rest.split('-').next().unwrap_or("");
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // Members orphaned by the crashed run still hold the namespace: kill them first.
+            let pids = ip(&["netns", "pids", name]).unwrap_or_default();
+            for p in pids.split_whitespace() {
+                let _ = run_tool("kill", &["-9", p]);
+            }
             let _ = ip(&["netns", "del", name]);
         }
     }

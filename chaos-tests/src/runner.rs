@@ -124,9 +124,19 @@ async fn drive(hosts: Arc<Hosts>, config: RunConfig) -> Result<(Vec<Entry>, Vec<
         env,
         log_dir: config.results.join("logs"),
     };
+    let stop = Stop::new();
+    // Ctrl-C from the very start: stop the run, heal, check and tear down.
+    let interrupt = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: healing, checking and tearing down");
+                stop.stop();
+            }
+        })
+    };
     let cluster = Arc::new(Cluster::start(hosts, spec).await?);
     let recorder = Recorder::new();
-    let stop = Stop::new();
     let ctx = Ctx::new(Arc::clone(&cluster), recorder.clone(), stop.clone());
     let mut tasks = Vec::new();
     for &w in &config.workloads {
@@ -165,12 +175,7 @@ async fn drive(hosts: Arc<Hosts>, config: RunConfig) -> Result<(Vec<Entry>, Vec<
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => break,
-                    r = tokio::signal::ctrl_c() => {
-                        if r.is_ok() {
-                            eprintln!("interrupted: healing, checking and tearing down");
-                        }
-                        break;
-                    }
+                    () = stop.wait() => break,
                     _ = tick.tick() => if progress {
                         let entries = recorder.snapshot();
                         eprintln!(
@@ -209,6 +214,7 @@ async fn drive(hosts: Arc<Hosts>, config: RunConfig) -> Result<(Vec<Entry>, Vec<
     }
     final_checks.push(hash_check(&cluster).await);
     cluster.stop_all();
+    interrupt.abort();
     Ok((recorder.snapshot(), final_checks, seconds))
 }
 
