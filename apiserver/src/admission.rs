@@ -11,12 +11,18 @@ use crate::resources::{lookup, ResourceDef};
 use crate::strategy::validate_meta;
 
 /// Namespace lifecycle for a create in `namespace`.
-pub async fn namespace_lifecycle(registry: &Registry, res: &ResourceDef, namespace: &str) -> ApiResult<()> {
+pub async fn namespace_lifecycle(
+    registry: &Registry,
+    res: &ResourceDef,
+    namespace: &str,
+) -> ApiResult<()> {
     if !res.namespaced {
         return Ok(());
     }
     let Some(ns_res) = lookup("", "v1", "namespaces") else {
-        return Err(ApiError::internal("namespaces missing from the resource table"));
+        return Err(ApiError::internal(
+            "namespaces missing from the resource table",
+        ));
     };
     let ns = registry
         .get(ObjRef {

@@ -109,7 +109,11 @@ impl Authenticator {
 
     /// Identifies the caller: a bearer token wins, then the client certificate; a bad token
     /// is 401 Unauthorized.
-    pub fn authenticate(&self, headers: &HeaderMap, transport: &Transport) -> Result<User, ApiError> {
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        transport: &Transport,
+    ) -> Result<User, ApiError> {
         let bearer = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -124,7 +128,10 @@ impl Authenticator {
             (None, Transport::Tls(Some(cert_user))) => cert_user.clone(),
             (None, Transport::Tls(None)) => return Ok(User::anonymous()),
             (None, Transport::Insecure) => {
-                return Ok(User::new("system:unsecured", &["system:masters", "system:authenticated"]))
+                return Ok(User::new(
+                    "system:unsecured",
+                    &["system:masters", "system:authenticated"],
+                ))
             }
         };
         if !user.in_group("system:authenticated") {
@@ -151,7 +158,9 @@ mod tests {
         assert!(u.in_group("ops") && u.in_group("system:authenticated"));
         h.insert("authorization", "Bearer nope".parse().expect("header"));
         assert_eq!(
-            a.authenticate(&h, &Transport::Tls(None)).expect_err("bad token").code,
+            a.authenticate(&h, &Transport::Tls(None))
+                .expect_err("bad token")
+                .code,
             401
         );
     }

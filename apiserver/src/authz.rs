@@ -47,7 +47,11 @@ pub struct Authorizer {
 fn strs(v: &Value, field: &str) -> Vec<String> {
     v.get(field)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -89,7 +93,10 @@ fn subject_matches(binding: &Value, user: &User, namespace: &str) -> bool {
                     Some("User") => name == user.name,
                     Some("Group") => user.in_group(name),
                     Some("ServiceAccount") => {
-                        let ns = s.get("namespace").and_then(Value::as_str).unwrap_or(namespace);
+                        let ns = s
+                            .get("namespace")
+                            .and_then(Value::as_str)
+                            .unwrap_or(namespace);
                         user.name == format!("system:serviceaccount:{ns}:{name}")
                     }
                     _ => false,
@@ -101,7 +108,9 @@ fn subject_matches(binding: &Value, user: &User, namespace: &str) -> bool {
 fn find_role<'a>(list: &'a [Value], name: &str, namespace: Option<&str>) -> Option<&'a Value> {
     list.iter().find(|r| {
         r.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
-            && namespace.is_none_or(|ns| r.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns))
+            && namespace.is_none_or(|ns| {
+                r.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
+            })
     })
 }
 
@@ -114,7 +123,10 @@ impl Rules {
         };
         for b in &self.cluster_bindings {
             if subject_matches(b, user, "") {
-                let name = b.pointer("/roleRef/name").and_then(Value::as_str).unwrap_or("");
+                let name = b
+                    .pointer("/roleRef/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 if role_allows(find_role(&self.cluster_roles, name, None)) {
                     return true;
                 }
@@ -124,11 +136,17 @@ impl Rules {
             return false;
         }
         for b in &self.bindings {
-            let ns = b.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
+            let ns = b
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if ns != a.namespace || !subject_matches(b, user, ns) {
                 continue;
             }
-            let name = b.pointer("/roleRef/name").and_then(Value::as_str).unwrap_or("");
+            let name = b
+                .pointer("/roleRef/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let role = match b.pointer("/roleRef/kind").and_then(Value::as_str) {
                 Some("ClusterRole") => find_role(&self.cluster_roles, name, None),
                 _ => find_role(&self.roles, name, Some(ns)),
@@ -166,9 +184,19 @@ impl Authorizer {
         }
         let g = "rbac.authorization.k8s.io";
         let mut lists = Vec::new();
-        for plural in ["clusterroles", "clusterrolebindings", "roles", "rolebindings"] {
+        for plural in [
+            "clusterroles",
+            "clusterrolebindings",
+            "roles",
+            "rolebindings",
+        ] {
             let res = lookup(g, "v1", plural).ok_or_else(|| ApiError::internal("rbac table"))?;
-            lists.push(self.registry.list(res, "", &ListOptions::default()).await?.items);
+            lists.push(
+                self.registry
+                    .list(res, "", &ListOptions::default())
+                    .await?
+                    .items,
+            );
         }
         let mut it = lists.into_iter();
         let rules = Arc::new(Rules {
@@ -187,10 +215,10 @@ impl Authorizer {
             match mode.as_str() {
                 "AlwaysAllow" => return Ok(()),
                 "AlwaysDeny" => break,
-                "RBAC" => {
-                    if user.in_group("system:masters") || self.rules().await?.allows(user, a) {
-                        return Ok(());
-                    }
+                "RBAC"
+                    if user.in_group("system:masters") || self.rules().await?.allows(user, a) =>
+                {
+                    return Ok(())
                 }
                 _ => {}
             }

@@ -53,12 +53,15 @@ pub fn group_list() -> Value {
 
 /// `/apis/{group}`: one group.
 pub fn group(group: &str) -> Option<Value> {
-    groups().into_iter().find(|(g, _)| *g == group).map(|(g, v)| {
-        let mut d = group_doc(g, v);
-        d["kind"] = json!("APIGroup");
-        d["apiVersion"] = json!("v1");
-        d
-    })
+    groups()
+        .into_iter()
+        .find(|(g, _)| *g == group)
+        .map(|(g, v)| {
+            let mut d = group_doc(g, v);
+            d["kind"] = json!("APIGroup");
+            d["apiVersion"] = json!("v1");
+            d
+        })
 }
 
 const VERBS: &[&str] = &[
@@ -89,8 +92,14 @@ fn resource_entries(r: &ResourceDef) -> Vec<Value> {
     }
     let mut out = vec![main];
     for sub in r.subresources {
-        let (kind, group, version, verbs): (&str, Option<&str>, Option<&str>, &[&str]) = match *sub {
-            "scale" => ("Scale", Some("autoscaling"), Some("v1"), &["get", "patch", "update"]),
+        let (kind, group, version, verbs): (&str, Option<&str>, Option<&str>, &[&str]) = match *sub
+        {
+            "scale" => (
+                "Scale",
+                Some("autoscaling"),
+                Some("v1"),
+                &["get", "patch", "update"],
+            ),
             "binding" => ("Binding", None, None, &["create"]),
             _ => (r.kind, None, None, &["get", "patch", "update"]),
         };

@@ -204,7 +204,11 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            message,
+        )
     }
 
     /// A store error in the context of one object.
@@ -213,7 +217,9 @@ impl ApiError {
             StoreError::AlreadyExists => Self::already_exists(s),
             StoreError::Conflict { .. } => Self::modified(s),
             StoreError::NotFound => Self::not_found(s),
-            StoreError::Compacted(_) => Self::gone("The resourceVersion for the provided list is too old."),
+            StoreError::Compacted(_) => {
+                Self::gone("The resourceVersion for the provided list is too old.")
+            }
             StoreError::FutureRevision => Self::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "Timeout",
@@ -295,7 +301,10 @@ mod tests {
         );
         let s = e.status();
         assert_eq!(s["code"], 422);
-        assert_eq!(s["message"], "Pod \"p\" is invalid: spec.containers: Required value");
+        assert_eq!(
+            s["message"],
+            "Pod \"p\" is invalid: spec.containers: Required value"
+        );
         assert_eq!(s["details"]["causes"][0]["reason"], "FieldValueRequired");
     }
 }

@@ -26,8 +26,10 @@ use crate::watch;
 /// A JSON response with a status code.
 pub fn json_response(code: StatusCode, v: &Value) -> Response {
     let mut resp = (code, v.to_string()).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -60,7 +62,12 @@ impl Call<'_> {
         if self.wants_table() {
             let include = self.query.get("includeObject").unwrap_or("Metadata");
             let rv = meta_str(&obj, "resourceVersion").to_string();
-            table::table(self.target.res, &[obj], json!({"resourceVersion": rv}), include)
+            table::table(
+                self.target.res,
+                &[obj],
+                json!({"resourceVersion": rv}),
+                include,
+            )
         } else {
             obj
         }
@@ -80,7 +87,9 @@ impl Call<'_> {
             ApiError::bad_request(format!("the object provided is unrecognized: {e}"))
         })?;
         if !v.is_object() {
-            return Err(ApiError::bad_request("the object provided is not a JSON object"));
+            return Err(ApiError::bad_request(
+                "the object provided is not a JSON object",
+            ));
         }
         Ok(v)
     }
@@ -159,7 +168,9 @@ pub async fn resource(
         "list" => list(&call).await.map(|v| (StatusCode::OK, v)),
         "create" => create(&call).await,
         "update" => update(&call).await.map(|v| (StatusCode::OK, v)),
-        "patch" => patch(&call, &parts.method).await.map(|v| (StatusCode::OK, v)),
+        "patch" => patch(&call, &parts.method)
+            .await
+            .map(|v| (StatusCode::OK, v)),
         "delete" => delete(&call).await,
         _ => delete_collection(&call).await.map(|v| (StatusCode::OK, v)),
     };
@@ -210,7 +221,11 @@ async fn list(c: &Call<'_>) -> ApiResult<Value> {
     let mut opts = ListOptions {
         selectors: c.query.selectors(res.plural)?,
         limit: c.query.int("limit")?.unwrap_or(0).max(0),
-        continue_token: c.query.get("continue").filter(|t| !t.is_empty()).map(String::from),
+        continue_token: c
+            .query
+            .get("continue")
+            .filter(|t| !t.is_empty())
+            .map(String::from),
         exact_revision: 0,
     };
     if c.query.get("resourceVersionMatch") == Some("Exact") {
@@ -255,7 +270,10 @@ fn check_identity(c: &Call<'_>, obj: &Value, want_kind: &str, want_api: &str) ->
     }
     if let Some(name) = &c.target.name {
         let body_name = meta_str(obj, "name");
-        if !body_name.is_empty() && body_name != name && c.target.subresource.as_deref() != Some("binding") {
+        if !body_name.is_empty()
+            && body_name != name
+            && c.target.subresource.as_deref() != Some("binding")
+        {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
             )));
@@ -304,7 +322,10 @@ async fn bind(c: &Call<'_>) -> ApiResult<Value> {
     c.app
         .registry
         .guaranteed_update(r, None, c.query.dry_run()?, |mut pod| {
-            let current = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+            let current = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if !current.is_empty() {
                 return Err(ApiError::conflict(
                     r.subject(),
@@ -312,7 +333,10 @@ async fn bind(c: &Call<'_>) -> ApiResult<Value> {
                 ));
             }
             if !meta_str(&pod, "deletionTimestamp").is_empty() {
-                return Err(ApiError::conflict(r.subject(), "pod is being deleted, cannot be assigned to a host"));
+                return Err(ApiError::conflict(
+                    r.subject(),
+                    "pod is being deleted, cannot be assigned to a host",
+                ));
             }
             pod["spec"]["nodeName"] = json!(node);
             let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
@@ -330,7 +354,9 @@ async fn bind(c: &Call<'_>) -> ApiResult<Value> {
             Ok(pod)
         })
         .await?;
-    Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))
+    Ok(
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    )
 }
 
 /// Applies a new object (or a scale) on top of `current` for the target's subresource.
@@ -342,13 +368,21 @@ fn apply_update(c: &Call<'_>, current: Value, mut new: Value) -> ApiResult<Value
                 .pointer("/spec/replicas")
                 .and_then(Value::as_i64)
                 .ok_or_else(|| {
-                    ApiError::invalid("Scale", c.obj_ref().subject(), &[crate::error::Cause::required("spec.replicas")])
+                    ApiError::invalid(
+                        "Scale",
+                        c.obj_ref().subject(),
+                        &[crate::error::Cause::required("spec.replicas")],
+                    )
                 })?;
             if replicas < 0 {
                 return Err(ApiError::invalid(
                     "Scale",
                     c.obj_ref().subject(),
-                    &[crate::error::Cause::invalid("spec.replicas", &replicas.to_string(), "must be greater than or equal to 0")],
+                    &[crate::error::Cause::invalid(
+                        "spec.replicas",
+                        &replicas.to_string(),
+                        "must be greater than or equal to 0",
+                    )],
                 ));
             }
             let mut obj = current.clone();
@@ -456,7 +490,11 @@ fn delete_options(c: &Call<'_>) -> ApiResult<DeleteOptions> {
 async fn delete(c: &Call<'_>) -> ApiResult<(StatusCode, Value)> {
     let opts = delete_options(c)?;
     let (obj, deleted) = c.app.registry.delete(c.obj_ref(), &opts).await?;
-    let code = if deleted || opts.dry_run { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let code = if deleted || opts.dry_run {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     Ok((code, obj))
 }
 
@@ -467,7 +505,11 @@ async fn delete_collection(c: &Call<'_>) -> ApiResult<Value> {
         selectors: c.query.selectors(res.plural)?,
         ..Default::default()
     };
-    let page = c.app.registry.list(res, &c.target.namespace, &list_opts).await?;
+    let page = c
+        .app
+        .registry
+        .list(res, &c.target.namespace, &list_opts)
+        .await?;
     let mut deleted = Vec::new();
     for item in page.items {
         let ns = meta_str(&item, "namespace").to_string();

@@ -15,7 +15,10 @@ async fn main() {
     if let Some(Command::Certs { dir, hosts, server }) = &opts.command {
         match apiserver::tls::generate(dir, hosts, server) {
             Ok(()) => {
-                println!("wrote ca.crt, apiserver.crt/.key, admin.crt/.key and admin.kubeconfig to {}", dir.display());
+                println!(
+                    "wrote ca.crt, apiserver.crt/.key, admin.crt/.key and admin.kubeconfig to {}",
+                    dir.display()
+                );
                 return;
             }
             Err(e) => {

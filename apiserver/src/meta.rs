@@ -52,7 +52,12 @@ pub fn prepare_create(res: &ResourceDef, obj: &mut Value, namespace: &str) {
     obj["apiVersion"] = json!(res.api_version());
     let generate = meta_str(obj, "generateName").to_string();
     let meta = meta_mut(obj);
-    if meta.get("name").and_then(Value::as_str).unwrap_or("").is_empty() && !generate.is_empty()
+    if meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .is_empty()
+        && !generate.is_empty()
     {
         let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..5].to_string();
         meta.insert("name".into(), json!(format!("{generate}{suffix}")));
@@ -106,7 +111,10 @@ pub fn prepare_update(res: &ResourceDef, old: &Value, new: &mut Value, status_up
     }
     (res.strategy.defaults)(new);
     let old_meta = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
-    let mut generation = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
+    let mut generation = old_meta
+        .get("generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     if spec_part(old) != spec_part(new) {
         generation += 1;
     }
@@ -147,7 +155,11 @@ pub fn resource_version(obj: &Value) -> i64 {
 pub fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|f| f.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|f| {
+            f.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

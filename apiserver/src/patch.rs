@@ -55,7 +55,9 @@ pub fn apply(kind: PatchType, original: &Value, patch: &[u8]) -> Result<Value, A
         }
         PatchType::Strategic => {
             if !patch.is_object() {
-                return Err(ApiError::bad_request("strategic merge patch must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "strategic merge patch must be a JSON object",
+                ));
             }
             Ok(strategic_merge(original, &patch, ""))
         }
@@ -65,8 +67,14 @@ pub fn apply(kind: PatchType, original: &Value, patch: &[u8]) -> Result<Value, A
 /// The merge key of a list field, by field name (and parent, where names collide).
 fn merge_key(parent: &str, field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env"
-        | "imagePullSecrets" | "hostAliases" | "readinessGates" => match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "hostAliases"
+        | "readinessGates" => match field {
             "hostAliases" => "ip",
             "readinessGates" => "conditionType",
             _ => "name",

@@ -143,7 +143,11 @@ impl Registry {
         let mut items = Vec::new();
         // Unpaged lists still read the store in chunks at one revision, so no single store
         // response grows with the collection.
-        let page = if opts.limit > 0 { opts.limit } else { LIST_CHUNK };
+        let page = if opts.limit > 0 {
+            opts.limit
+        } else {
+            LIST_CHUNK
+        };
         loop {
             let batch = self
                 .store
@@ -155,7 +159,14 @@ impl Registry {
                         "too old resource version: {} ({})",
                         opts.exact_revision, revision
                     )),
-                    other => ApiError::from_store(other, Subject { group: res.group, plural: res.plural, name: "" }),
+                    other => ApiError::from_store(
+                        other,
+                        Subject {
+                            group: res.group,
+                            plural: res.plural,
+                            name: "",
+                        },
+                    ),
                 })?;
             if revision == 0 {
                 revision = batch.revision;
@@ -177,7 +188,11 @@ impl Registry {
                 });
             }
             let Some(mut last) = last_key else {
-                return Ok(ListResult { items, revision, continue_token: None });
+                return Ok(ListResult {
+                    items,
+                    revision,
+                    continue_token: None,
+                });
             };
             last.push(0);
             let next = String::from_utf8_lossy(&last).into_owned();
@@ -216,7 +231,12 @@ impl Registry {
     }
 
     /// Writes `obj` over the version read at `expected` (the stored mod_revision).
-    async fn write(&self, r: ObjRef<'_>, mut obj: Value, expected: i64) -> Result<Value, StoreError> {
+    async fn write(
+        &self,
+        r: ObjRef<'_>,
+        mut obj: Value,
+        expected: i64,
+    ) -> Result<Value, StoreError> {
         // An object whose deletion was requested is removed once its finalizers are gone.
         let grace = obj
             .pointer("/metadata/deletionGracePeriodSeconds")
@@ -230,7 +250,10 @@ impl Registry {
             meta::meta_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
             return Ok(obj);
         }
-        let rev = self.store.update(&r.key(), meta::encode(&obj), expected).await?;
+        let rev = self
+            .store
+            .update(&r.key(), meta::encode(&obj), expected)
+            .await?;
         meta::meta_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
         Ok(obj)
     }
@@ -306,14 +329,17 @@ impl Registry {
                 if marked == current {
                     return Ok((current, false));
                 }
-                self.store.update(&r.key(), meta::encode(&marked), rev).await
+                self.store
+                    .update(&r.key(), meta::encode(&marked), rev)
+                    .await
             } else {
                 self.store.delete(&r.key(), rev).await
             };
             match result {
                 Ok(new_rev) => {
                     let rv = if wait { new_rev } else { rev };
-                    meta::meta_mut(&mut marked).insert("resourceVersion".into(), json!(rv.to_string()));
+                    meta::meta_mut(&mut marked)
+                        .insert("resourceVersion".into(), json!(rv.to_string()));
                     if r.res.plural == "namespaces" && wait {
                         self.spawn_namespace_cleanup(r.name.to_string());
                     }
@@ -388,8 +414,14 @@ impl Registry {
 /// How long a pod's deletion waits: 0 for a pod no kubelet runs (unscheduled or finished),
 /// else the request's grace period or the pod's `terminationGracePeriodSeconds`.
 fn pod_grace_period(pod: &Value, requested: Option<i64>) -> i64 {
-    let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
-    let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+    let node = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if node.is_empty() || phase == "Succeeded" || phase == "Failed" {
         return 0;
     }
@@ -409,7 +441,10 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
         let t = encode_continue(42, "default/web\u{0}");
-        assert_eq!(decode_continue(&t).expect("decode"), (42, "default/web\u{0}".to_string()));
+        assert_eq!(
+            decode_continue(&t).expect("decode"),
+            (42, "default/web\u{0}".to_string())
+        );
         assert!(decode_continue("not-base64!").is_err());
     }
 

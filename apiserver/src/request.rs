@@ -190,7 +190,10 @@ mod tests {
         assert_eq!(t.name.as_deref(), Some("web"));
         assert_eq!(t.subresource.as_deref(), Some("status"));
         let t = parse_target("/api/v1/namespaces/kube-system").expect("namespace");
-        assert_eq!((t.res.plural, t.name.as_deref()), ("namespaces", Some("kube-system")));
+        assert_eq!(
+            (t.res.plural, t.name.as_deref()),
+            ("namespaces", Some("kube-system"))
+        );
         let t = parse_target("/api/v1/namespaces/x/status").expect("namespace status");
         assert_eq!(t.subresource.as_deref(), Some("status"));
         let t = parse_target("/apis/apps/v1/deployments").expect("all deployments");
@@ -202,7 +205,9 @@ mod tests {
 
     #[test]
     fn query_decoding() {
-        let q = Query::parse(Some("labelSelector=app%3Dweb%2Ctier+in+(a)&watch=true&limit=5"));
+        let q = Query::parse(Some(
+            "labelSelector=app%3Dweb%2Ctier+in+(a)&watch=true&limit=5",
+        ));
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
         assert!(q.flag("watch"));
         assert!(Query::parse(Some("watch=True")).flag("watch"));

@@ -35,7 +35,11 @@ fn split_top(s: &str) -> Vec<&str> {
         }
     }
     parts.push(&s[start..]);
-    parts.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn set_values(rest: &str, raw: &str) -> Result<Vec<String>, ApiError> {
@@ -52,7 +56,9 @@ fn set_values(rest: &str, raw: &str) -> Result<Vec<String>, ApiError> {
 }
 
 fn bad_selector(raw: &str) -> ApiError {
-    ApiError::bad_request(format!("unable to parse requirement: invalid label selector: {raw:?}"))
+    ApiError::bad_request(format!(
+        "unable to parse requirement: invalid label selector: {raw:?}"
+    ))
 }
 
 impl LabelSelector {
@@ -91,11 +97,19 @@ impl LabelSelector {
         }
         if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
             for e in exprs {
-                let key = e.get("key").and_then(Value::as_str).unwrap_or("").to_string();
+                let key = e
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 let values: Vec<String> = e
                     .get("values")
                     .and_then(Value::as_array)
-                    .map(|vs| vs.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                    .map(|vs| {
+                        vs.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 match e.get("operator").and_then(Value::as_str) {
                     Some("In") => reqs.push(Requirement::In(key, values)),
@@ -277,10 +291,18 @@ mod tests {
     fn equality_and_set_based() {
         let p = pod(json!({"app": "web", "tier": "front"}));
         assert!(LabelSelector::parse("app=web").expect("parse").matches(&p));
-        assert!(LabelSelector::parse("app==web,tier!=back").expect("parse").matches(&p));
-        assert!(LabelSelector::parse("tier in (front, mid)").expect("parse").matches(&p));
-        assert!(!LabelSelector::parse("tier notin (front)").expect("parse").matches(&p));
-        assert!(LabelSelector::parse("app,!missing").expect("parse").matches(&p));
+        assert!(LabelSelector::parse("app==web,tier!=back")
+            .expect("parse")
+            .matches(&p));
+        assert!(LabelSelector::parse("tier in (front, mid)")
+            .expect("parse")
+            .matches(&p));
+        assert!(!LabelSelector::parse("tier notin (front)")
+            .expect("parse")
+            .matches(&p));
+        assert!(LabelSelector::parse("app,!missing")
+            .expect("parse")
+            .matches(&p));
         assert!(!LabelSelector::parse("missing").expect("parse").matches(&p));
         assert!(LabelSelector::parse("a in b").is_err());
     }
@@ -288,7 +310,8 @@ mod tests {
     #[test]
     fn field_selectors_and_unsupported_fields() {
         let p = pod(json!({}));
-        let s = FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", "pods").expect("parse");
+        let s =
+            FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", "pods").expect("parse");
         assert!(s.matches(&p));
         let s = FieldSelector::parse("spec.nodeName=", "pods").expect("parse");
         assert!(!s.matches(&p));

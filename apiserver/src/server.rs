@@ -55,17 +55,19 @@ pub enum StartError {
 
 impl App {
     pub fn new(opts: &Options) -> Result<Arc<App>, StartError> {
-        let store = Store::new(&opts.etcd_servers).map_err(|e| StartError::Config(e.to_string()))?;
+        let store =
+            Store::new(&opts.etcd_servers).map_err(|e| StartError::Config(e.to_string()))?;
         let registry = Arc::new(Registry::new(Arc::new(store)));
         let authn = match &opts.token_auth_file {
             Some(p) => Authenticator::from_token_file(p).map_err(StartError::Config)?,
             None => Authenticator::default(),
         };
-        let authz = Authorizer::new(&opts.authorization_mode, registry.clone()).map_err(StartError::Config)?;
+        let authz = Authorizer::new(&opts.authorization_mode, registry.clone())
+            .map_err(StartError::Config)?;
         let audit = match &opts.audit_log_path {
-            Some(p) => Some(
-                AuditLog::open(p).map_err(|e| StartError::Config(format!("--audit-log-path {}: {e}", p.display())))?,
-            ),
+            Some(p) => Some(AuditLog::open(p).map_err(|e| {
+                StartError::Config(format!("--audit-log-path {}: {e}", p.display()))
+            })?),
             None => None,
         };
         Ok(Arc::new(App {
@@ -104,7 +106,11 @@ fn ok_json(v: Value) -> Response {
 async fn health(State(app): State<Arc<App>>) -> Response {
     match app.registry.store.current_revision().await {
         Ok(_) => (StatusCode::OK, "ok").into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("[-]etcd failed: {e}\nhealthz check failed")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("[-]etcd failed: {e}\nhealthz check failed"),
+        )
+            .into_response(),
     }
 }
 
@@ -129,14 +135,24 @@ async fn openapi_v2(req: Request) -> Response {
 async fn api_group(Path(group): Path<String>) -> Response {
     match discovery::group(&group) {
         Some(v) => ok_json(v),
-        None => ApiError::new(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource").into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .into_response(),
     }
 }
 
 async fn group_version(Path((group, version)): Path<(String, String)>) -> Response {
     match discovery::resource_list(&group, &version) {
         Some(v) => ok_json(v),
-        None => ApiError::new(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource").into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .into_response(),
     }
 }
 
@@ -144,7 +160,10 @@ async fn not_found(req: Request) -> Response {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "NotFound",
-        format!("the server could not find the requested resource (path {})", req.uri().path()),
+        format!(
+            "the server could not find the requested resource (path {})",
+            req.uri().path()
+        ),
     )
     .into_response()
 }
@@ -158,15 +177,24 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(health))
         .route("/openapi/v2", get(openapi_v2))
-        .route("/api", get(|| async { ok_json(discovery::core_versions()) }))
-        .route("/api/v1", get(|| async { ok_json(discovery::resource_list("", "v1").unwrap_or(json!({}))) }))
+        .route(
+            "/api",
+            get(|| async { ok_json(discovery::core_versions()) }),
+        )
+        .route(
+            "/api/v1",
+            get(|| async { ok_json(discovery::resource_list("", "v1").unwrap_or(json!({}))) }),
+        )
         .route("/apis", get(|| async { ok_json(discovery::group_list()) }))
         .route("/apis/{group}", get(api_group))
         .route("/apis/{group}/{version}", get(group_version))
         .route("/api/v1/{*rest}", resources.clone())
         .route("/apis/{group}/{version}/{*rest}", resources)
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            authenticate,
+        ))
         .with_state(app)
 }
 
@@ -180,7 +208,11 @@ pub async fn bootstrap(app: &App) {
         for attempt in 0..100 {
             let mut obj = json!({"metadata": {"name": name}});
             crate::meta::prepare_create(ns, &mut obj, "");
-            let r = ObjRef { res: ns, namespace: "", name };
+            let r = ObjRef {
+                res: ns,
+                namespace: "",
+                name,
+            };
             match app.registry.create(r, obj, false).await {
                 Ok(_) => break,
                 Err(e) if e.code == StatusCode::CONFLICT => break,
@@ -203,7 +235,11 @@ pub async fn serve_insecure(listener: TcpListener, app: Arc<App>) -> std::io::Re
 
 /// Serves HTTPS on `listener`; each connection's verified client certificate becomes its
 /// [`Transport::Tls`] identity.
-pub async fn serve_tls(listener: TcpListener, app: Arc<App>, config: Arc<rustls::ServerConfig>) -> std::io::Result<()> {
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Arc<App>,
+    config: Arc<rustls::ServerConfig>,
+) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let router = router(app);
     loop {
@@ -249,7 +285,9 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
     let mut tasks = Vec::new();
     if opts.insecure_port > 0 {
         let addr = SocketAddr::new(opts.bind_address, opts.insecure_port);
-        let l = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
         eprintln!("kvstore-apiserver: serving plain HTTP on http://{addr}");
         tasks.push(tokio::spawn(serve_insecure(l, app.clone())));
     }

@@ -189,9 +189,12 @@ impl Store {
                 Err(_) => last = format!("{}: request timed out", self.channels[idx].0),
             }
             tracing::debug!(endpoint = %self.channels[idx].0, cause = %last, "store request failed; trying the next endpoint");
-            let _ = self
-                .current
-                .compare_exchange(idx, (idx + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self.current.compare_exchange(
+                idx,
+                (idx + 1) % n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             if attempt % n == n - 1 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -129,7 +129,11 @@ fn pod_spec_defaults(spec: &mut Value) {
                     || image.ends_with(":latest");
                 let policy = if latest { "Always" } else { "IfNotPresent" };
                 set_default(c, &["imagePullPolicy"], json!(policy));
-                set_default(c, &["terminationMessagePath"], json!("/dev/termination-log"));
+                set_default(
+                    c,
+                    &["terminationMessagePath"],
+                    json!("/dev/termination-log"),
+                );
                 set_default(c, &["terminationMessagePolicy"], json!("File"));
                 set_default(c, &["resources"], json!({}));
                 if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
@@ -188,7 +192,10 @@ fn service_defaults(obj: &mut Value) {
             set_default(p, &["targetPort"], port);
         }
     }
-    let ip = obj.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("");
+    let ip = obj
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if ip.is_empty() {
         // A pseudo-random address in 10.96.0.0/16; there is no allocator that guarantees
         // uniqueness (no proxy here routes service IPs).
@@ -211,7 +218,8 @@ fn rand_u16() -> u16 {
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -234,7 +242,10 @@ pub fn is_label_value(s: &str) -> bool {
 /// Validation of metadata every object shares: name syntax and label values.
 pub fn validate_meta(obj: &Value, label_names: bool) -> Vec<Cause> {
     let mut causes = Vec::new();
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if name.is_empty() {
         causes.push(Cause::required("metadata.name"));
     } else if label_names && !is_dns_label(name) {
@@ -293,7 +304,11 @@ fn pod_spec_validate(spec: Option<&Value>, path: &str) -> Vec<Cause> {
             });
         }
         seen.push(name);
-        if c.get("image").and_then(Value::as_str).unwrap_or("").is_empty() {
+        if c.get("image")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+        {
             causes.push(Cause::required(format!("{path}.containers[{i}].image")));
         }
     }
@@ -307,7 +322,10 @@ fn pod_validate(obj: &Value) -> Vec<Cause> {
 fn workload_validate(obj: &Value) -> Vec<Cause> {
     let mut causes = pod_spec_validate(obj.pointer("/spec/template/spec"), "spec.template.spec");
     let selector = obj.pointer("/spec/selector");
-    match selector.and_then(|s| s.get("matchLabels")).and_then(Value::as_object) {
+    match selector
+        .and_then(|s| s.get("matchLabels"))
+        .and_then(Value::as_object)
+    {
         None if selector.and_then(|s| s.get("matchExpressions")).is_none() => {
             causes.push(Cause::required("spec.selector"))
         }
@@ -348,7 +366,9 @@ fn job_validate(obj: &Value) -> Vec<Cause> {
         causes.push(Cause {
             reason: "FieldValueNotSupported",
             field: "spec.template.spec.restartPolicy".into(),
-            message: format!("Unsupported value: \"{policy}\": supported values: \"OnFailure\", \"Never\""),
+            message: format!(
+                "Unsupported value: \"{policy}\": supported values: \"OnFailure\", \"Never\""
+            ),
         });
     }
     causes

@@ -7,9 +7,10 @@ use crate::resources::ResourceDef;
 
 /// Does the `Accept` header ask for a Table?
 pub fn wants_table(accept: &str) -> bool {
-    accept.split(',').next().is_some_and(|first| {
-        first.contains("as=Table") && first.contains("g=meta.k8s.io")
-    })
+    accept
+        .split(',')
+        .next()
+        .is_some_and(|first| first.contains("as=Table") && first.contains("g=meta.k8s.io"))
 }
 
 /// Column name, type, priority (1 = only with `-o wide`).
@@ -60,8 +61,16 @@ fn columns(res: &ResourceDef) -> Vec<Column> {
         ],
         "namespaces" => &[("Status", "string", 0), ("Age", "string", 0)],
         "configmaps" => &[("Data", "integer", 0), ("Age", "string", 0)],
-        "secrets" => &[("Type", "string", 0), ("Data", "integer", 0), ("Age", "string", 0)],
-        "jobs" => &[("Completions", "string", 0), ("Duration", "string", 0), ("Age", "string", 0)],
+        "secrets" => &[
+            ("Type", "string", 0),
+            ("Data", "integer", 0),
+            ("Age", "string", 0),
+        ],
+        "jobs" => &[
+            ("Completions", "string", 0),
+            ("Duration", "string", 0),
+            ("Age", "string", 0),
+        ],
         "leases" => &[("Holder", "string", 0), ("Age", "string", 0)],
         _ => &[("Age", "string", 0)],
     });
@@ -94,11 +103,19 @@ fn n(obj: &Value, ptr: &str) -> i64 {
 }
 
 fn none_if_empty(v: &str) -> String {
-    if v.is_empty() { "<none>".into() } else { v.to_string() }
+    if v.is_empty() {
+        "<none>".into()
+    } else {
+        v.to_string()
+    }
 }
 
 fn containers(obj: &Value, ptr: &str) -> (String, String) {
-    let cs = obj.pointer(ptr).and_then(Value::as_array).cloned().unwrap_or_default();
+    let cs = obj
+        .pointer(ptr)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let names: Vec<&str> = cs.iter().map(|c| s(c, "/name")).collect();
     let images: Vec<&str> = cs.iter().map(|c| s(c, "/image")).collect();
     (names.join(","), images.join(","))
@@ -124,9 +141,19 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
     let mut row = vec![json!(name)];
     match res.plural {
         "pods" => {
-            let total = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
-            let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
-            let ready = statuses.iter().filter(|c| c.get("ready") == Some(&json!(true))).count();
+            let total = obj
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let statuses = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let ready = statuses
+                .iter()
+                .filter(|c| c.get("ready") == Some(&json!(true)))
+                .count();
             let restarts: i64 = statuses.iter().map(|c| n(c, "/restartCount")).sum();
             let mut status = s(obj, "/status/phase").to_string();
             if !s(obj, "/metadata/deletionTimestamp").is_empty() {
@@ -144,7 +171,11 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
         "deployments" => {
             let (names, images) = containers(obj, "/spec/template/spec/containers");
             row.extend([
-                json!(format!("{}/{}", n(obj, "/status/readyReplicas"), n(obj, "/spec/replicas"))),
+                json!(format!(
+                    "{}/{}",
+                    n(obj, "/status/readyReplicas"),
+                    n(obj, "/spec/replicas")
+                )),
                 json!(n(obj, "/status/updatedReplicas")),
                 json!(n(obj, "/status/availableReplicas")),
                 json!(age),
@@ -178,7 +209,11 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
                 json!(s(obj, "/spec/type")),
                 json!(none_if_empty(s(obj, "/spec/clusterIP"))),
                 json!("<none>"),
-                json!(if ports.is_empty() { "<none>".to_string() } else { ports.join(",") }),
+                json!(if ports.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    ports.join(",")
+                }),
                 json!(age),
                 json!(selector_text(obj)),
             ]);
@@ -188,7 +223,13 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
                 .pointer("/status/conditions")
                 .and_then(Value::as_array)
                 .and_then(|cs| cs.iter().find(|c| s(c, "/type") == "Ready"))
-                .map(|c| if s(c, "/status") == "True" { "Ready" } else { "NotReady" })
+                .map(|c| {
+                    if s(c, "/status") == "True" {
+                        "Ready"
+                    } else {
+                        "NotReady"
+                    }
+                })
                 .unwrap_or("Unknown");
             row.extend([
                 json!(ready),
@@ -199,20 +240,36 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
         }
         "namespaces" => row.extend([json!(s(obj, "/status/phase")), json!(age)]),
         "configmaps" => {
-            let count = obj.get("data").and_then(Value::as_object).map_or(0, |m| m.len())
-                + obj.get("binaryData").and_then(Value::as_object).map_or(0, |m| m.len());
+            let count = obj
+                .get("data")
+                .and_then(Value::as_object)
+                .map_or(0, |m| m.len())
+                + obj
+                    .get("binaryData")
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len());
             row.extend([json!(count), json!(age)]);
         }
         "secrets" => {
-            let count = obj.get("data").and_then(Value::as_object).map_or(0, |m| m.len());
+            let count = obj
+                .get("data")
+                .and_then(Value::as_object)
+                .map_or(0, |m| m.len());
             row.extend([json!(s(obj, "/type")), json!(count), json!(age)]);
         }
         "jobs" => row.extend([
-            json!(format!("{}/{}", n(obj, "/status/succeeded"), n(obj, "/spec/completions"))),
+            json!(format!(
+                "{}/{}",
+                n(obj, "/status/succeeded"),
+                n(obj, "/spec/completions")
+            )),
             json!("<none>"),
             json!(age),
         ]),
-        "leases" => row.extend([json!(none_if_empty(s(obj, "/spec/holderIdentity"))), json!(age)]),
+        "leases" => row.extend([
+            json!(none_if_empty(s(obj, "/spec/holderIdentity"))),
+            json!(age),
+        ]),
         _ => row.push(json!(age)),
     }
     row
@@ -273,7 +330,9 @@ mod tests {
 
     #[test]
     fn table_accept_header() {
-        assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        ));
         assert!(!wants_table("application/json"));
     }
 }

@@ -25,7 +25,8 @@ pub fn server_config(
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("reading {}: {e}", key.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("reading {}: {e}", key.display()))?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -55,7 +56,12 @@ pub fn server_config(
 pub fn cert_user(cert: &CertificateDer<'_>) -> Option<User> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let subject = parsed.subject();
-    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     let groups = subject
         .iter_organization()
         .filter_map(|o| o.as_str().ok().map(String::from))
@@ -76,26 +82,34 @@ pub fn generate(dir: &Path, hosts: &[String], server: &str) -> Result<(), String
 
     let ca_key = KeyPair::generate().map_err(err)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca_params.distinguished_name.push(DnType::CommonName, "kvstore-ca");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kvstore-ca");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca = ca_params.self_signed(&ca_key).map_err(err)?;
 
-    let issue = |cn: &str, org: Option<&str>, sans: Vec<String>| -> Result<(String, String), String> {
-        let key = KeyPair::generate().map_err(err)?;
-        let mut p = CertificateParams::new(sans).map_err(err)?;
-        p.distinguished_name.push(DnType::CommonName, cn);
-        if let Some(o) = org {
-            p.distinguished_name.push(DnType::OrganizationName, o);
-        }
-        let cert = p.signed_by(&key, &ca, &ca_key).map_err(err)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    };
+    let issue =
+        |cn: &str, org: Option<&str>, sans: Vec<String>| -> Result<(String, String), String> {
+            let key = KeyPair::generate().map_err(err)?;
+            let mut p = CertificateParams::new(sans).map_err(err)?;
+            p.distinguished_name.push(DnType::CommonName, cn);
+            if let Some(o) = org {
+                p.distinguished_name.push(DnType::OrganizationName, o);
+            }
+            let cert = p.signed_by(&key, &ca, &ca_key).map_err(err)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
     let (srv_cert, srv_key) = issue("kube-apiserver", None, hosts.to_vec())?;
     let (adm_cert, adm_key) = issue("admin", Some("system:masters"), Vec::new())?;
 
     let write = |name: &str, text: &str| {
-        std::fs::write(dir.join(name), text).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+        std::fs::write(dir.join(name), text)
+            .map_err(|e| format!("{}: {e}", dir.join(name).display()))
     };
     write("ca.crt", &ca.pem())?;
     write("ca.key", &ca_key.serialize_pem())?;
@@ -122,8 +136,12 @@ mod tests {
     #[test]
     fn generated_admin_cert_maps_to_system_masters() {
         let dir = tempfile::tempdir().expect("tempdir");
-        generate(dir.path(), &["127.0.0.1".into(), "localhost".into()], "https://127.0.0.1:6443")
-            .expect("generate");
+        generate(
+            dir.path(),
+            &["127.0.0.1".into(), "localhost".into()],
+            "https://127.0.0.1:6443",
+        )
+        .expect("generate");
         let certs = read_certs(&dir.path().join("admin.crt")).expect("admin cert");
         let user = cert_user(&certs[0]).expect("identity");
         assert_eq!(user.name, "admin");

@@ -38,7 +38,10 @@ impl Encoder {
     fn event(&self, kind: &str, obj: Value) -> Bytes {
         let obj = match &self.table {
             Some(include) if kind != "ERROR" && kind != "BOOKMARK" => {
-                let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""));
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or(json!(""));
                 table::table(self.res, &[obj], json!({"resourceVersion": rv}), include)
             }
             _ => obj,
@@ -67,7 +70,7 @@ enum Source {
     Store {
         /// Keeps the watch's request stream open; dropping it ends the store watch.
         _requests: mpsc::Sender<kvstore_proto::etcdserverpb::WatchRequest>,
-        stream: tonic::Streaming<kvstore_proto::etcdserverpb::WatchResponse>,
+        stream: Box<tonic::Streaming<kvstore_proto::etcdserverpb::WatchResponse>>,
         pending: std::collections::VecDeque<HubMsg>,
     },
 }
@@ -89,7 +92,9 @@ impl Source {
                 }
                 Err(broadcast::error::RecvError::Closed) => Next::Closed,
             },
-            Source::Store { stream, pending, .. } => loop {
+            Source::Store {
+                stream, pending, ..
+            } => loop {
                 if let Some(m) = pending.pop_front() {
                     return Next::Msg(m);
                 }
@@ -146,10 +151,14 @@ pub async fn serve(app: Arc<App>, target: Target, query: Query, headers: &Header
     match start(app, target, query, headers).await {
         Ok(body) => {
             let mut resp = Response::new(body);
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            resp.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache, private"),
+            );
             *resp.status_mut() = StatusCode::OK;
             resp
         }
@@ -157,21 +166,33 @@ pub async fn serve(app: Arc<App>, target: Target, query: Query, headers: &Header
     }
 }
 
-async fn start(app: Arc<App>, target: Target, query: Query, headers: &HeaderMap) -> Result<Body, ApiError> {
+async fn start(
+    app: Arc<App>,
+    target: Target,
+    query: Query,
+    headers: &HeaderMap,
+) -> Result<Body, ApiError> {
     let res = target.res;
     let mut selectors = query.selectors(res.plural)?;
     if let Some(name) = &target.name {
         // GET .../pods/x?watch=true (deprecated form): pin the name.
-        selectors.fields = crate::selector::FieldSelector::parse(&format!("metadata.name={name}"), res.plural)?;
+        selectors.fields =
+            crate::selector::FieldSelector::parse(&format!("metadata.name={name}"), res.plural)?;
     }
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let enc = Encoder {
         res,
         table: table::wants_table(accept)
             .then(|| query.get("includeObject").unwrap_or("Metadata").to_string()),
     };
     let bookmarks = query.flag("allowWatchBookmarks");
-    let timeout = query.int("timeoutSeconds")?.filter(|t| *t > 0).unwrap_or(1800) as u64;
+    let timeout = query
+        .int("timeoutSeconds")?
+        .filter(|t| *t > 0)
+        .unwrap_or(1800) as u64;
     let rv = query.get("resourceVersion").unwrap_or("");
     let prefix = res.namespace_prefix(&target.namespace);
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
@@ -198,16 +219,34 @@ async fn start(app: Arc<App>, target: Target, query: Query, headers: &HeaderMap)
         Some(sub) => (sub.replay, Source::Hub(sub.live)),
         None => {
             let end = prefix_end(prefix.as_bytes());
-            match app.registry.store.watch(prefix.as_bytes(), &end, start_rev + 1).await {
+            match app
+                .registry
+                .store
+                .watch(prefix.as_bytes(), &end, start_rev + 1)
+                .await
+            {
                 Ok((req_tx, stream)) => (
                     Vec::new(),
-                    Source::Store { _requests: req_tx, stream, pending: Default::default() },
+                    Source::Store {
+                        _requests: req_tx,
+                        stream: Box::new(stream),
+                        pending: Default::default(),
+                    },
                 ),
                 Err(StoreError::Compacted(_)) => {
                     initial.push(enc.gone(format!("too old resource version: {start_rev}")));
                     (Vec::new(), Source::Hub(broadcast::channel(1).1))
                 }
-                Err(e) => return Err(ApiError::from_store(e, crate::error::Subject { group: res.group, plural: res.plural, name: "" })),
+                Err(e) => {
+                    return Err(ApiError::from_store(
+                        e,
+                        crate::error::Subject {
+                            group: res.group,
+                            plural: res.plural,
+                            name: "",
+                        },
+                    ))
+                }
             }
         }
     };
@@ -271,7 +310,9 @@ async fn start(app: Arc<App>, target: Target, query: Query, headers: &HeaderMap)
             }
         }
     });
-    Ok(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    Ok(Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ))
 }
 
 #[cfg(test)]
@@ -296,10 +337,22 @@ mod tests {
         };
         let web = json!({"metadata": {"name": "p", "labels": {"app": "web"}}});
         let db = json!({"metadata": {"name": "p", "labels": {"app": "db"}}});
-        assert_eq!(classify(&change(None, Some(web.clone())), &sel).map(|e| e.0), Some("ADDED"));
-        assert_eq!(classify(&change(Some(web.clone()), Some(web.clone())), &sel).map(|e| e.0), Some("MODIFIED"));
-        assert_eq!(classify(&change(Some(web.clone()), Some(db.clone())), &sel).map(|e| e.0), Some("DELETED"));
-        assert_eq!(classify(&change(Some(db.clone()), Some(web.clone())), &sel).map(|e| e.0), Some("ADDED"));
+        assert_eq!(
+            classify(&change(None, Some(web.clone())), &sel).map(|e| e.0),
+            Some("ADDED")
+        );
+        assert_eq!(
+            classify(&change(Some(web.clone()), Some(web.clone())), &sel).map(|e| e.0),
+            Some("MODIFIED")
+        );
+        assert_eq!(
+            classify(&change(Some(web.clone()), Some(db.clone())), &sel).map(|e| e.0),
+            Some("DELETED")
+        );
+        assert_eq!(
+            classify(&change(Some(db.clone()), Some(web.clone())), &sel).map(|e| e.0),
+            Some("ADDED")
+        );
         assert!(classify(&change(Some(db.clone()), Some(db)), &sel).is_none());
         let deleted = classify(&change(Some(web), None), &sel).expect("deleted");
         assert_eq!(deleted.0, "DELETED");

@@ -80,7 +80,10 @@ pub struct Subscription {
 pub fn decode(value: &[u8], revision: i64) -> Option<Value> {
     let mut obj: Value = serde_json::from_slice(value).ok()?;
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
     }
     Some(obj)
 }

@@ -18,7 +18,10 @@ use serde_json::json;
 use support::{start_store, Apiserver, Backend, Client};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Prints p50/p90/p99/max of `samples` (milliseconds).
@@ -39,7 +42,12 @@ fn report(what: &str, samples: &mut [f64], slo_ms: f64) {
 }
 
 /// Runs `per_client` calls of `f` on each of `clients` threads; returns latencies in ms.
-fn parallel(clients: usize, per_client: usize, f: impl Fn(&Client, usize) + Send + Sync + 'static, base: &str) -> Vec<f64> {
+fn parallel(
+    clients: usize,
+    per_client: usize,
+    f: impl Fn(&Client, usize) + Send + Sync + 'static,
+    base: &str,
+) -> Vec<f64> {
     let f = Arc::new(f);
     let out = Arc::new(Mutex::new(Vec::with_capacity(clients * per_client)));
     let threads: Vec<_> = (0..clients)
@@ -60,7 +68,9 @@ fn parallel(clients: usize, per_client: usize, f: impl Fn(&Client, usize) + Send
     for t in threads {
         t.join().expect("client thread");
     }
-    Arc::try_unwrap(out).map(|m| m.into_inner().expect("latencies")).unwrap_or_default()
+    Arc::try_unwrap(out)
+        .map(|m| m.into_inner().expect("latencies"))
+        .unwrap_or_default()
 }
 
 #[test]
@@ -84,7 +94,8 @@ fn load_10k_pods() {
     let watchers = 100;
     let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; pods]));
     let w = Client::new(&base);
-    let start_rv = w.get("/api/v1/namespaces/default/pods?limit=1").body["metadata"]["resourceVersion"]
+    let start_rv = w.get("/api/v1/namespaces/default/pods?limit=1").body["metadata"]
+        ["resourceVersion"]
         .as_str()
         .expect("rv")
         .to_string();
@@ -95,7 +106,9 @@ fn load_10k_pods() {
                 .timeout(None)
                 .build()
                 .expect("client")
-                .get(format!("{base}/api/v1/pods?watch=true&resourceVersion={start_rv}"))
+                .get(format!(
+                    "{base}/api/v1/pods?watch=true&resourceVersion={start_rv}"
+                ))
                 .send()
                 .expect("watch");
             let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
@@ -105,7 +118,10 @@ fn load_10k_pods() {
                     let at = Instant::now();
                     let ev: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                     if ev["type"] == "ADDED" {
-                        let name = ev["object"]["metadata"]["name"].as_str().unwrap_or("").to_string();
+                        let name = ev["object"]["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string();
                         if tx.send((name, at)).is_err() {
                             break;
                         }
@@ -118,52 +134,94 @@ fn load_10k_pods() {
 
     let sent_c = sent.clone();
     let wall = Instant::now();
-    let mut create = parallel(clients, per_client, move |c, i| {
-        sent_c.lock().expect("sent")[i] = Some(Instant::now());
-        let pod = json!({"metadata": {"name": format!("load-{i:05}"), "labels": {"app": "load", "shard": (i % 10).to_string()}},
+    let mut create = parallel(
+        clients,
+        per_client,
+        move |c, i| {
+            sent_c.lock().expect("sent")[i] = Some(Instant::now());
+            let pod = json!({"metadata": {"name": format!("load-{i:05}"), "labels": {"app": "load", "shard": (i % 10).to_string()}},
             "spec": {"containers": [{"name": "c", "image": "nginx:1.25"}], "nodeName": format!("node-{}", i % 100)}});
-        let r = c.post("/api/v1/namespaces/default/pods", &pod);
-        assert_eq!(r.code, 201, "{:?}", r.body);
-    }, &base);
+            let r = c.post("/api/v1/namespaces/default/pods", &pod);
+            assert_eq!(r.code, 201, "{:?}", r.body);
+        },
+        &base,
+    );
     let created = create.len();
-    println!("(create throughput: {:.0} pods/s)", created as f64 / wall.elapsed().as_secs_f64());
+    println!(
+        "(create throughput: {:.0} pods/s)",
+        created as f64 / wall.elapsed().as_secs_f64()
+    );
     report("create pod", &mut create, 1000.0);
 
-    let mut get = parallel(clients, per_client, |c, i| {
-        let r = c.get(&format!("/api/v1/namespaces/default/pods/load-{i:05}"));
-        assert_eq!(r.code, 200);
-    }, &base);
+    let mut get = parallel(
+        clients,
+        per_client,
+        |c, i| {
+            let r = c.get(&format!("/api/v1/namespaces/default/pods/load-{i:05}"));
+            assert_eq!(r.code, 200);
+        },
+        &base,
+    );
     report("get pod", &mut get, 1000.0);
 
-    let mut update = parallel(clients, per_client / 4, |c, i| {
-        let r = c.patch(&format!("/api/v1/namespaces/default/pods/load-{i:05}/status"),
-            &json!({"status": {"phase": "Running"}}), "application/merge-patch+json");
-        assert_eq!(r.code, 200);
-    }, &base);
+    let mut update = parallel(
+        clients,
+        per_client / 4,
+        |c, i| {
+            let r = c.patch(
+                &format!("/api/v1/namespaces/default/pods/load-{i:05}/status"),
+                &json!({"status": {"phase": "Running"}}),
+                "application/merge-patch+json",
+            );
+            assert_eq!(r.code, 200);
+        },
+        &base,
+    );
     report("patch pod status", &mut update, 1000.0);
 
-    let mut list_all = parallel(2, 5, move |c, _| {
-        let r = c.get("/api/v1/pods");
-        assert_eq!(r.body["items"].as_array().map(Vec::len), Some(created));
-    }, &base);
+    let mut list_all = parallel(
+        2,
+        5,
+        move |c, _| {
+            let r = c.get("/api/v1/pods");
+            assert_eq!(r.body["items"].as_array().map(Vec::len), Some(created));
+        },
+        &base,
+    );
     report("list all pods (cluster-wide)", &mut list_all, 30_000.0);
 
-    let mut list_sel = parallel(2, 5, |c, _| {
-        let r = c.get("/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-7");
-        assert!(r.body["items"].as_array().is_some_and(|a| !a.is_empty()));
-    }, &base);
-    report("list pods on one node (fieldSelector)", &mut list_sel, 30_000.0);
+    let mut list_sel = parallel(
+        2,
+        5,
+        |c, _| {
+            let r = c.get("/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-7");
+            assert!(r.body["items"].as_array().is_some_and(|a| !a.is_empty()));
+        },
+        &base,
+    );
+    report(
+        "list pods on one node (fieldSelector)",
+        &mut list_sel,
+        30_000.0,
+    );
 
-    let mut paged = parallel(1, 5, |c, _| {
-        let mut token = String::new();
-        loop {
-            let r = c.get(&format!("/api/v1/namespaces/default/pods?limit=500&continue={token}"));
-            match r.body["metadata"]["continue"].as_str() {
-                Some(t) => token = t.to_string(),
-                None => break,
+    let mut paged = parallel(
+        1,
+        5,
+        |c, _| {
+            let mut token = String::new();
+            loop {
+                let r = c.get(&format!(
+                    "/api/v1/namespaces/default/pods?limit=500&continue={token}"
+                ));
+                match r.body["metadata"]["continue"].as_str() {
+                    Some(t) => token = t.to_string(),
+                    None => break,
+                }
             }
-        }
-    }, &base);
+        },
+        &base,
+    );
     report("list all pods in pages of 500", &mut paged, 30_000.0);
 
     // Every watcher must have seen every create; latency from send to receipt.
@@ -171,8 +229,13 @@ fn load_10k_pods() {
     let mut watch_lat = Vec::new();
     for rx in &readers {
         for seen in 0..created {
-            let (name, arrived) = rx.recv_timeout(Duration::from_secs(60)).expect("watch event");
-            let sent_at = name.strip_prefix("load-").and_then(|n| n.parse::<usize>().ok()).and_then(|i| sent[i]);
+            let (name, arrived) = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("watch event");
+            let sent_at = name
+                .strip_prefix("load-")
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|i| sent[i]);
             if let (Some(t), true) = (sent_at, seen % 10 == 0) {
                 watch_lat.push(arrived.duration_since(t).as_secs_f64() * 1000.0);
             }
@@ -180,6 +243,14 @@ fn load_10k_pods() {
     }
     println!("({watchers} watchers each received all {created} ADDED events; latency sampled every 10th event, from the create request's start to the event's arrival)");
     report("watch event (create → received)", &mut watch_lat, 5000.0);
-    let hub = api.app.registry.hub(apiserver::resources::lookup("", "v1", "pods").expect("pods")).expect("hub").clone();
-    println!("(store watches for pods: 1 hub shared by {} watchers)", hub.watchers());
+    let hub = api
+        .app
+        .registry
+        .hub(apiserver::resources::lookup("", "v1", "pods").expect("pods"))
+        .expect("hub")
+        .clone();
+    println!(
+        "(store watches for pods: 1 hub shared by {} watchers)",
+        hub.watchers()
+    );
 }

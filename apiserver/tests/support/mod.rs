@@ -92,7 +92,11 @@ impl StoreCluster {
             .args(["compact", &rev.to_string()])
             .output()
             .expect("run etcdctl");
-        assert!(out.status.success(), "etcdctl compact: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "etcdctl compact: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Stops member `i` (for failover tests).
@@ -139,8 +143,18 @@ pub fn start_store(backend: Backend, members: usize) -> StoreCluster {
             .arg("--data-dir")
             .arg(dir.path().join(name))
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
-            .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args([
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-state",
+                "new",
+            ])
             .args(["--initial-cluster-token", "apiserver-test"])
             .stdout(Stdio::null())
             .stderr(log)
@@ -199,12 +213,16 @@ impl Apiserver {
             .expect("runtime");
         let (app, url) = rt.block_on(async {
             let app = App::new(&opts).expect("app");
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let port = l.local_addr().expect("addr").port();
             let url = if tls {
                 let config = apiserver::tls::server_config(
                     opts.tls_cert_file.as_deref().expect("--tls-cert-file"),
-                    opts.tls_private_key_file.as_deref().expect("--tls-private-key-file"),
+                    opts.tls_private_key_file
+                        .as_deref()
+                        .expect("--tls-private-key-file"),
                     opts.client_ca_file.as_deref(),
                 )
                 .expect("tls config");
@@ -231,7 +249,10 @@ impl Apiserver {
 
     /// A kubeconfig for this plain-HTTP server, written into `dir`.
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join(format!("kubeconfig-{}", self.url.rsplit(':').next().unwrap_or("x")));
+        let path = dir.join(format!(
+            "kubeconfig-{}",
+            self.url.rsplit(':').next().unwrap_or("x")
+        ));
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    namespace: default\ncurrent-context: t\nusers: []\n",
             self.url
@@ -267,7 +288,13 @@ impl Client {
         }
     }
 
-    pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>, content_type: &str) -> Resp {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        content_type: &str,
+    ) -> Resp {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(m, format!("{}{}", self.base, path));
         if let Some(b) = body {
@@ -290,11 +317,21 @@ impl Client {
     }
 
     pub fn post(&self, path: &str, body: &Value) -> Resp {
-        self.request("POST", path, Some(body.to_string().as_bytes()), "application/json")
+        self.request(
+            "POST",
+            path,
+            Some(body.to_string().as_bytes()),
+            "application/json",
+        )
     }
 
     pub fn put(&self, path: &str, body: &Value) -> Resp {
-        self.request("PUT", path, Some(body.to_string().as_bytes()), "application/json")
+        self.request(
+            "PUT",
+            path,
+            Some(body.to_string().as_bytes()),
+            "application/json",
+        )
     }
 
     pub fn patch(&self, path: &str, body: &Value, ct: &str) -> Resp {
@@ -367,7 +404,9 @@ pub fn kubectl_bin() -> PathBuf {
     if let Ok(p) = std::env::var("KUBECTL") {
         return PathBuf::from(p);
     }
-    let found = Command::new("sh").args(["-c", "command -v kubectl"]).output();
+    let found = Command::new("sh")
+        .args(["-c", "command -v kubectl"])
+        .output();
     if let Ok(o) = &found {
         if o.status.success() {
             return PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string());
@@ -391,7 +430,11 @@ pub fn python_with_kubernetes() -> PathBuf {
 }
 
 fn apt_install(pkgs: &[&str]) {
-    let sudo = if Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0")) {
+    let sudo = if Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"))
+    {
         vec![]
     } else {
         vec!["sudo"]
