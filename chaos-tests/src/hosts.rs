@@ -95,7 +95,9 @@ pub fn cleanup_leftovers() {
             continue;
         };
         let pid = rest.split('-').next().unwrap_or("");
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        // A dead run's pid is gone, or a zombie (empty cmdline) if nobody reaped it.
+        let alive = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty());
+        if !alive {
             // Members orphaned by the crashed run still hold the namespace: kill them first.
             let pids = ip(&["netns", "pids", name]).unwrap_or_default();
             for p in pids.split_whitespace() {
