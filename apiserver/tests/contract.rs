@@ -375,12 +375,7 @@ fn watch_semantics(backend: Backend) {
     let watchers: Vec<_> = (0..50)
         .map(|_| c.watch(&format!("{pods}?watch=true&resourceVersion={last_rv}")))
         .collect();
-    let hub = api
-        .app
-        .registry
-        .hub(apiserver::resources::lookup("", "v1", "pods").expect("pods"))
-        .expect("hub")
-        .clone();
+    let hub = api.pods_hub();
     support::eventually(Duration::from_secs(10), "50 hub subscribers", || {
         (hub.watchers() >= 50).then_some(())
     });

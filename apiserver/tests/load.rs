@@ -243,12 +243,7 @@ fn load_10k_pods() {
     }
     println!("({watchers} watchers each received all {created} ADDED events; latency sampled every 10th event, from the create request's start to the event's arrival)");
     report("watch event (create → received)", &mut watch_lat, 5000.0);
-    let hub = api
-        .app
-        .registry
-        .hub(apiserver::resources::lookup("", "v1", "pods").expect("pods"))
-        .expect("hub")
-        .clone();
+    let hub = api.pods_hub();
     println!(
         "(store watches for pods: 1 hub shared by {} watchers)",
         hub.watchers()

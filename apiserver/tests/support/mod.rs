@@ -242,6 +242,12 @@ impl Apiserver {
         }
     }
 
+    /// The watch hub of pods, to count its subscribers.
+    pub fn pods_hub(&self) -> Arc<apiserver::watchcache::Hub> {
+        let pods = apiserver::resources::lookup("", "v1", "pods").expect("pods");
+        self.app.registry.hub(pods).expect("pods hub").clone()
+    }
+
     /// Runs a future on the apiserver's runtime (to look at its internals).
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.runtime.as_ref().expect("runtime").block_on(f)
