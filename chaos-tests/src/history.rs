@@ -185,6 +185,8 @@ pub struct Recorder {
     epoch: Instant,
     /// Everything recorded so far.
     entries: Arc<Mutex<Vec<Entry>>>,
+    /// Operations and fault windows recorded so far (for progress output without a copy).
+    counts: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 impl Default for Recorder {
@@ -199,6 +201,7 @@ impl Recorder {
         Self {
             epoch: Instant::now(),
             entries: Arc::default(),
+            counts: Arc::default(),
         }
     }
 
@@ -209,7 +212,22 @@ impl Recorder {
 
     /// Appends one entry.
     pub fn push(&self, entry: Entry) {
+        use std::sync::atomic::Ordering;
+        match entry {
+            Entry::Op(_) => self.counts[0].fetch_add(1, Ordering::Relaxed),
+            Entry::Fault(_) => self.counts[1].fetch_add(1, Ordering::Relaxed),
+            Entry::Watch(_) => 0,
+        };
         self.entries.lock().push(entry);
+    }
+
+    /// (operations, fault windows) recorded so far.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.counts[0].load(Ordering::Relaxed),
+            self.counts[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Everything recorded so far.

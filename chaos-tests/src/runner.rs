@@ -11,7 +11,7 @@ use kvstore_proto::etcdserverpb::RangeRequest;
 use crate::check::{self, append::FINAL_PROCESS, Verdict};
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::error::{Error, Result};
-use crate::history::{ops, Call, Entry, Mop, Op, Recorder, Status};
+use crate::history::{Call, Entry, Mop, Op, Recorder, Status};
 use crate::hosts::{self, Hosts, Mode};
 use crate::nemesis::{self, Fault, Schedule};
 use crate::report::{self, Summary};
@@ -168,26 +168,32 @@ async fn drive(hosts: Arc<Hosts>, config: RunConfig) -> Result<(Vec<Entry>, Vec<
         let stop = stop.clone();
         let recorder = recorder.clone();
         let limit = config.time_limit;
-        let progress = config.progress;
+        let bar = if config.progress {
+            indicatif::ProgressBar::new(limit.as_secs())
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} s  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + limit;
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => break,
                     () = stop.wait() => break,
-                    _ = tick.tick() => if progress {
-                        let entries = recorder.snapshot();
-                        eprintln!(
-                            "[{:>6.0}s / {:.0}s] {} ops, {} faults so far",
-                            recorder.now() as f64 / 1e9,
-                            limit.as_secs_f64(),
-                            ops(&entries).count(),
-                            entries.iter().filter(|e| matches!(e, Entry::Fault(_))).count()
-                        );
+                    _ = tick.tick() => {
+                        let (ops, faults) = recorder.counts();
+                        bar.set_position(recorder.now() / 1_000_000_000);
+                        bar.set_message(format!("{ops} ops, {faults} faults"));
                     }
                 }
             }
+            bar.finish_with_message("healing, final reads, checking");
             stop.stop();
         })
     };
