@@ -209,15 +209,13 @@ fn request_size_and_inflight_limits() {
     // A request whose body is still arriving holds the only permit: the next is 429.
     let addr = api.url.trim_start_matches("http://").to_string();
     let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
-    write!(
-        slow,
-        "POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"metadata\":"
-    )
-    .expect("send head");
+    slow.set_nodelay(true).expect("nodelay");
+    let head = "POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{\"metadata\":";
+    slow.write_all(head.as_bytes()).expect("send head");
     slow.flush().expect("flush");
     let r = support::eventually(Duration::from_secs(5), "a 429", || {
         let r = c.get("/api/v1/namespaces/default/configmaps");
-        eprintln!("inflight probe: {} {}", r.code, r.body["reason"]);
+        eprintln!("inflight probe: {} {}", r.code, r.raw);
         (r.code == 429).then_some(r)
     });
     assert_eq!(r.body["reason"], "TooManyRequests");

@@ -280,6 +280,8 @@ pub struct Client {
 pub struct Resp {
     pub code: u16,
     pub body: Value,
+    /// The body as text (for messages when it is not JSON).
+    pub raw: String,
 }
 
 impl Client {
@@ -315,6 +317,7 @@ impl Client {
         Resp {
             code,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            raw: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
         }
     }
 
