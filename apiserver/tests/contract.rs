@@ -192,6 +192,34 @@ fn crud_conflicts_and_errors(backend: Backend) {
     assert_eq!(released.code, 200);
     assert_eq!(c.get(&format!("{cms}/held")).code, 404);
 
+    // generateName, and deletecollection with a label selector.
+    let generated = c.post(
+        cms,
+        &json!({"metadata": {"generateName": "gen-", "labels": {"batch": "x"}}}),
+    );
+    assert_eq!(generated.code, 201);
+    let gen_name = generated.body["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    assert!(
+        gen_name.starts_with("gen-") && gen_name.len() > 4,
+        "{gen_name}"
+    );
+    c.post(
+        cms,
+        &json!({"metadata": {"name": "other-batch", "labels": {"batch": "y"}}}),
+    );
+    let swept = c.request(
+        "DELETE",
+        &format!("{cms}?labelSelector=batch%3Dx"),
+        None,
+        "",
+    );
+    assert_eq!(swept.body["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(c.get(&format!("{cms}/{gen_name}")).code, 404);
+    assert_eq!(c.get(&format!("{cms}/other-batch")).code, 200);
+
     // Preconditions on delete.
     let cm = c.post(cms, &json!({"metadata": {"name": "pre"}})).body;
     let wrong = c.request(
