@@ -127,22 +127,31 @@ impl Source {
     }
 }
 
-/// The event an HTTP watcher sees for one change, given its selectors.
-fn classify(change: &Change, sel: &Selectors) -> Option<(&'static str, Value)> {
-    let new_match = change.object.as_ref().filter(|o| sel.matches(o));
+/// The event type an HTTP watcher sees for one change, given its selectors (None: the
+/// change is not for this watcher).
+fn classify(change: &Change, sel: &Selectors) -> Option<&'static str> {
+    let new_match = change.object.as_ref().is_some_and(|o| sel.matches(o));
     let old_match = change.previous.as_ref().is_some_and(|o| sel.matches(o));
-    match (change.object.as_ref(), new_match, old_match) {
-        (Some(_), Some(o), true) => Some(("MODIFIED", o.clone())),
-        (Some(_), Some(o), false) => Some(("ADDED", o.clone())),
-        (Some(o), None, true) => Some(("DELETED", o.clone())),
-        (None, _, true) => {
+    match (change.object.is_some(), new_match, old_match) {
+        (true, true, true) => Some("MODIFIED"),
+        (true, true, false) => Some("ADDED"),
+        (true, false, true) | (false, _, true) => Some("DELETED"),
+        _ => None,
+    }
+}
+
+/// The object a change's event carries: the new object (also when it left the selector), or
+/// for a deletion the last state stamped with the deletion's revision.
+fn event_object(change: &Change) -> Value {
+    match &change.object {
+        Some(o) => o.clone(),
+        None => {
             let mut o = change.previous.clone().unwrap_or(Value::Null);
             if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.insert("resourceVersion".into(), json!(change.revision.to_string()));
             }
-            Some(("DELETED", o))
+            o
         }
-        _ => None,
     }
 }
 
@@ -269,7 +278,20 @@ async fn start(
                 return None;
             }
             *seen = change.revision;
-            classify(change, &selectors).map(|(kind, obj)| enc.event(kind, obj))
+            let kind = classify(change, &selectors)?;
+            if enc.table.is_some() {
+                return Some(enc.event(kind, event_object(change)));
+            }
+            let slot = match kind {
+                "ADDED" => 0,
+                "MODIFIED" => 1,
+                _ => 2,
+            };
+            Some(
+                change.encoded[slot]
+                    .get_or_init(|| enc.event(kind, event_object(change)))
+                    .clone(),
+            )
         };
         for change in replay {
             if let Some(b) = deliver(&change, &mut seen) {
@@ -321,12 +343,7 @@ mod tests {
     use crate::selector::LabelSelector;
 
     fn change(old: Option<Value>, new: Option<Value>) -> Change {
-        Change {
-            key: "/registry/pods/default/p".into(),
-            revision: 7,
-            object: new,
-            previous: old,
-        }
+        Change::new("/registry/pods/default/p".into(), 7, new, old)
     }
 
     #[test]
@@ -338,24 +355,24 @@ mod tests {
         let web = json!({"metadata": {"name": "p", "labels": {"app": "web"}}});
         let db = json!({"metadata": {"name": "p", "labels": {"app": "db"}}});
         assert_eq!(
-            classify(&change(None, Some(web.clone())), &sel).map(|e| e.0),
+            classify(&change(None, Some(web.clone())), &sel),
             Some("ADDED")
         );
         assert_eq!(
-            classify(&change(Some(web.clone()), Some(web.clone())), &sel).map(|e| e.0),
+            classify(&change(Some(web.clone()), Some(web.clone())), &sel),
             Some("MODIFIED")
         );
         assert_eq!(
-            classify(&change(Some(web.clone()), Some(db.clone())), &sel).map(|e| e.0),
+            classify(&change(Some(web.clone()), Some(db.clone())), &sel),
             Some("DELETED")
         );
         assert_eq!(
-            classify(&change(Some(db.clone()), Some(web.clone())), &sel).map(|e| e.0),
+            classify(&change(Some(db.clone()), Some(web.clone())), &sel),
             Some("ADDED")
         );
         assert!(classify(&change(Some(db.clone()), Some(db)), &sel).is_none());
-        let deleted = classify(&change(Some(web), None), &sel).expect("deleted");
-        assert_eq!(deleted.0, "DELETED");
-        assert_eq!(deleted.1["metadata"]["resourceVersion"], "7");
+        let deletion = change(Some(web), None);
+        assert_eq!(classify(&deletion, &sel), Some("DELETED"));
+        assert_eq!(event_object(&deletion)["metadata"]["resourceVersion"], "7");
     }
 }

@@ -38,6 +38,22 @@ pub struct Change {
     pub object: Option<Value>,
     /// The object before the change; None for a creation.
     pub previous: Option<Value>,
+    /// The encoded `WatchEvent` line per event type (ADDED, MODIFIED, DELETED), made once by
+    /// the first JSON watcher that sends it: a change's event type fixes its object, so
+    /// every other plain-JSON watcher sends the same bytes.
+    pub encoded: [std::sync::OnceLock<bytes::Bytes>; 3],
+}
+
+impl Change {
+    pub fn new(key: String, revision: i64, object: Option<Value>, previous: Option<Value>) -> Self {
+        Change {
+            key,
+            revision,
+            object,
+            previous,
+            encoded: Default::default(),
+        }
+    }
 }
 
 /// What a hub broadcasts.
@@ -97,19 +113,14 @@ pub fn change_from_event(ev: kvstore_proto::mvccpb::Event) -> Option<Change> {
         .as_ref()
         .and_then(|p| decode(&p.value, p.mod_revision));
     if ev.r#type == EventType::Delete as i32 {
-        Some(Change {
-            key,
-            revision: kv.mod_revision,
-            object: None,
-            previous,
-        })
+        Some(Change::new(key, kv.mod_revision, None, previous))
     } else {
-        Some(Change {
+        Some(Change::new(
             key,
-            revision: kv.mod_revision,
-            object: decode(&kv.value, kv.mod_revision),
+            kv.mod_revision,
+            decode(&kv.value, kv.mod_revision),
             previous,
-        })
+        ))
     }
 }
 

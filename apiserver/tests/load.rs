@@ -7,7 +7,8 @@
 //! `cargo build --release -p kvstore --bin kvstore &&
 //!  cargo test --release -p apiserver --test load -- --ignored --nocapture`
 //! `LOAD_PODS` (default 10000) and `LOAD_CLIENTS` (default 16) change the size;
-//! `LOAD_BACKEND=etcd` runs it against etcd 3.4 instead of kvstore.
+//! `LOAD_WATCHERS` (default 100) sets the number of watchers; `LOAD_BACKEND=etcd` runs it
+//! against etcd 3.4 instead of kvstore.
 
 mod support;
 
@@ -91,7 +92,7 @@ fn load_10k_pods() {
     println!("|---|---|---|---|---|---|---|");
 
     // Watchers first, so they see every create: event latency = receive time - send time.
-    let watchers = 100;
+    let watchers = env_usize("LOAD_WATCHERS", 100);
     let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; pods]));
     let w = Client::new(&base);
     let start_rv = w.get("/api/v1/namespaces/default/pods?limit=1").body["metadata"]
