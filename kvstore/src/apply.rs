@@ -44,6 +44,9 @@ pub enum Command {
     Alarm(AlarmRequest),
     /// A member publishes its name and client URLs (etcd's member attributes).
     PublishMember(raftpb::MemberAttributes),
+    /// Several commands proposed as one Raft entry (see [`crate::raft::batcher`]). The state
+    /// machine applies them one by one, each exactly as if it had been an entry of its own.
+    Batch(Vec<Command>),
 }
 
 /// What applying a command produced. Headers carry only the revision; the server fills in
@@ -94,6 +97,11 @@ impl Applier {
     pub fn apply(&self, command: Command, member_id: u64) -> Result<Applied, crate::Error> {
         let store = &self.store;
         Ok(match command {
+            Command::Batch(_) => {
+                return Err(crate::Error::Internal(
+                    "a command batch is applied one command at a time, by the state machine".into(),
+                ))
+            }
             Command::Put(req) => {
                 self.alarms.check_write()?;
                 Applied::Put(store.put_validated(&req)?.0)
@@ -285,6 +293,9 @@ impl From<Command> for raftpb::Command {
             }),
             Command::Alarm(r) => R::Alarm(r),
             Command::PublishMember(a) => R::MemberAttributes(a),
+            Command::Batch(commands) => R::Batch(raftpb::CommandBatch {
+                commands: commands.into_iter().map(Into::into).collect(),
+            }),
         };
         raftpb::Command {
             request: Some(request),
@@ -313,6 +324,13 @@ impl TryFrom<raftpb::Command> for Command {
             ),
             Some(R::Alarm(r)) => Command::Alarm(r),
             Some(R::MemberAttributes(a)) => Command::PublishMember(a),
+            Some(R::Batch(batch)) => Command::Batch(
+                batch
+                    .commands
+                    .into_iter()
+                    .map(Command::try_from)
+                    .collect::<Result<_, _>>()?,
+            ),
             None => return Err(crate::Error::Internal("command without a request".into())),
         })
     }
@@ -335,6 +353,7 @@ mod tests {
             }),
             Command::LeaseRevoke(42),
             Command::LeaseCheckpoint(vec![(1, 10), (2, 20)]),
+            Command::Batch(vec![Command::LeaseRevoke(1), Command::LeaseRevoke(2)]),
         ];
         for command in commands {
             let wire = raftpb::Command::from(command.clone()).encode_to_vec();

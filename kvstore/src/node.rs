@@ -22,9 +22,10 @@ use crate::lease::{Lessor, LessorOptions};
 use crate::membership::Membership;
 use crate::metrics::{self, Metrics};
 use crate::mvcc::{KvStore, Limits, StoreOptions};
+use crate::raft::batcher::Batcher;
 use crate::raft::log_store::LogStore;
-use crate::raft::prevote::{ElectionTiming, Elector, PreVoteJudge};
 use crate::raft::network::{PeerNetwork, PeerOptions, Peers};
+use crate::raft::prevote::{ElectionTiming, Elector, PreVoteJudge};
 use crate::raft::proposer::{ProposerOptions, RaftProposer};
 use crate::raft::read_index::ReadIndexBatch;
 use crate::raft::state_machine::{AfterInstall, StateMachine};
@@ -73,6 +74,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Answers other members' pre-votes (served on the peer listener).
     pub pre_vote: PreVoteJudge,
+    /// Batches writes into log entries; forwarded writes join this member's own.
+    pub batcher: Batcher,
 }
 
 impl Node {
@@ -162,6 +165,7 @@ impl Node {
             },
         ));
         let read_batch = raft_proposer.read_index_batch();
+        let batcher = raft_proposer.batcher();
         let proposer: Arc<dyn Proposer> = raft_proposer;
         let lessor = Lessor::new(Arc::clone(&store), Arc::clone(&proposer));
         lessor.bind(LessorOptions::from_config(member_id, &config));
@@ -183,6 +187,7 @@ impl Node {
             leader_conn: parking_lot::Mutex::new(None),
             shutdown,
             pre_vote,
+            batcher,
         }))
     }
 
@@ -277,6 +282,7 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
         let service = PeerService::new(node.raft.clone())
             .with_read_index_batch(Arc::clone(&node.read_batch))
             .with_pre_vote(node.pre_vote.clone())
+            .with_batcher(node.batcher.clone())
             .with_identity(node.membership.member_id)
             .into_server();
         let shutdown = node.shutdown.clone();

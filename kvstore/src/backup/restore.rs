@@ -41,14 +41,15 @@ use crate::mvcc::backend::{
 };
 use crate::raft::codec;
 use crate::raft::snapshot::{Section, SnapshotReader};
-use crate::raft::state_machine::{META_RAFT_APPLIED, META_RAFT_MEMBERSHIP};
+use crate::raft::state_machine::{META_RAFT_APPLIED, META_RAFT_BATCH, META_RAFT_MEMBERSHIP};
 use crate::raft::types::{Entry, EntryPayload, LogId, MemberNode, Membership as RaftMembership};
 
 /// `meta` key of the member's cluster and member IDs (as the node checks them at start).
 pub const META_CLUSTER_IDENTITY: &[u8] = b"cluster_identity";
 /// `meta` keys of the old cluster that a restore leaves out (see the module doc).
-const DROPPED_META: [&[u8]; 5] = [
+const DROPPED_META: [&[u8]; 6] = [
     META_RAFT_APPLIED,
+    META_RAFT_BATCH,
     META_RAFT_MEMBERSHIP,
     META_CONSISTENT_INDEX,
     META_CLUSTER_IDENTITY,

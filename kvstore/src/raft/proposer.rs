@@ -41,9 +41,10 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::{timeout_at, Instant};
 use tonic::Code;
 
+use super::batcher::Batcher;
 use super::network::Peers;
 use super::read_index::{leader_read_index, ReadIndexBatch, ReadIndexError};
-use super::types::{MemberNode, NodeId, Raft, Request};
+use super::types::{MemberNode, NodeId, Raft};
 use crate::apply::{Applied, Command, Proposer};
 use crate::Error;
 
@@ -88,6 +89,8 @@ pub struct RaftProposer {
     reads: Arc<ReadIndexBatch>,
     /// Deadlines.
     options: ProposerOptions,
+    /// Batches this member's writes into log entries while it leads.
+    batcher: Batcher,
 }
 
 impl RaftProposer {
@@ -95,6 +98,7 @@ impl RaftProposer {
     pub fn new(raft: Raft, peers: Arc<Peers>, options: ProposerOptions) -> Self {
         let metrics = raft.metrics();
         let id = peers.id();
+        let raft_for_batcher = raft.clone();
         Self {
             raft,
             peers,
@@ -102,7 +106,14 @@ impl RaftProposer {
             metrics,
             reads: Arc::default(),
             options,
+            batcher: Batcher::spawn(raft_for_batcher),
         }
+    }
+
+    /// The batcher of this member's writes, for its peer service to propose forwarded writes
+    /// through (so they share entries with local ones).
+    pub fn batcher(&self) -> Batcher {
+        self.batcher.clone()
     }
 
     /// The read-index rounds of this member, for its peer service to share.
@@ -173,8 +184,8 @@ impl RaftProposer {
 
     /// Proposes on this member, the leader.
     async fn write_local(&self, command: Command) -> Result<Applied, Error> {
-        match self.raft.client_write(Request(command)).await {
-            Ok(response) => applied_from_result(response.data.0),
+        match self.batcher.write(command).await {
+            Ok(result) => applied_from_result(result),
             // Either refused before it was appended or truncated after: which one is unknown.
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(leader_changed()),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
@@ -488,6 +499,9 @@ pub fn applied_from_result(result: raftpb::ApplyResult) -> Result<Applied, Error
         Some(R::Alarm(r)) => Ok(Applied::Alarm(r)),
         Some(R::MemberAttributes(_)) => Ok(Applied::PublishMember),
         Some(R::Error(e)) => Err(error_from_apply(e)),
+        Some(R::Batch(_)) => Err(Error::Internal(
+            "a batch's results reached a single request".into(),
+        )),
         None => Err(Error::Internal(
             "the entry of a command applied without a result".into(),
         )),

@@ -28,6 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use kvstore_proto::raftpb;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{AnyError, OptionalSend, RaftLogId};
 use tokio::io::AsyncWriteExt;
@@ -35,10 +36,10 @@ use tokio::io::AsyncWriteExt;
 use super::codec;
 use super::snapshot::{self, SnapshotDir};
 use super::types::{
-    Entry, EntryPayload, LogId, NodeId, Response, Snapshot, SnapshotMeta, StorageError,
+    Entry, EntryPayload, LogId, NodeId, Request, Response, Snapshot, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership, TypeConfig,
 };
-use crate::apply::Applier;
+use crate::apply::{Applier, Command};
 use crate::mvcc::backend::{encode_i64, CF_META, META_CONSISTENT_INDEX};
 use crate::mvcc::{self, KvStore};
 
@@ -46,6 +47,11 @@ use crate::mvcc::{self, KvStore};
 pub const META_RAFT_APPLIED: &[u8] = b"raft_applied";
 /// `meta` key of the last applied membership.
 pub const META_RAFT_MEMBERSHIP: &[u8] = b"raft_membership";
+/// `meta` key of the progress through a batch entry ([`Command::Batch`]): its log index and how
+/// many of its commands are applied. Written with each command, so that after a crash part-way
+/// the entry (re-applied, since the applied log id is still the one before it) resumes with the
+/// first command not yet applied.
+pub const META_RAFT_BATCH: &[u8] = b"raft_batch_progress";
 
 /// Key-values for the `meta` column family.
 type MetaEntries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -203,23 +209,31 @@ fn apply_blocking(
             EntryPayload::Membership(m) => Some(StoredMembership::new(Some(log_id), m.clone())),
             _ => None,
         };
-        store.stage_apply_position(
-            log_id.index,
-            position_meta(&log_id, new_membership.as_ref()).map_err(|e| apply_err(&e))?,
-        );
         let response = match entry.payload {
-            EntryPayload::Blank | EntryPayload::Membership(_) => Response::empty(),
-            EntryPayload::Normal(request) => {
-                let result = applier.apply(request.0, member_id);
-                if let Err(err) = &result {
-                    if is_fatal(err) {
-                        return Err(apply_err(err));
+            EntryPayload::Normal(Request(Command::Batch(commands))) => {
+                apply_batch(store, applier, member_id, &log_id, commands)?
+            }
+            payload => {
+                store.stage_apply_position(
+                    log_id.index,
+                    position_meta(&log_id, new_membership.as_ref()).map_err(|e| apply_err(&e))?,
+                );
+                let response = match payload {
+                    EntryPayload::Blank | EntryPayload::Membership(_) => Response::empty(),
+                    EntryPayload::Normal(request) => {
+                        let result = applier.apply(request.0, member_id);
+                        if let Err(err) = &result {
+                            if is_fatal(err) {
+                                return Err(apply_err(err));
+                            }
+                        }
+                        Response::from(result)
                     }
-                }
-                Response::from(result)
+                };
+                store.flush_apply_meta().map_err(|e| apply_err(&e))?;
+                response
             }
         };
-        store.flush_apply_meta().map_err(|e| apply_err(&e))?;
         if let Some(m) = new_membership {
             membership = m;
         }
@@ -227,6 +241,76 @@ fn apply_blocking(
         responses.push(response);
     }
     Ok((responses, last, membership))
+}
+
+/// Applies the commands of the batch entry at `log_id`, each as if it were an entry of its own,
+/// recording after each how far into the batch the store is ([`META_RAFT_BATCH`]); the entry's
+/// log id is recorded with the last one. Commands a crash left applied are skipped (nobody
+/// waits for their results any more).
+fn apply_batch(
+    store: &KvStore,
+    applier: &Applier,
+    member_id: NodeId,
+    log_id: &LogId,
+    commands: Vec<Command>,
+) -> Result<Response, StorageError> {
+    let apply_err = |e: &(dyn std::error::Error + 'static)| {
+        StorageError::from(StorageIOError::apply(*log_id, AnyError::from_dyn(e, None)))
+    };
+    let backend = store.backend();
+    let progress = backend
+        .db()
+        .get_cf(&backend.cf(CF_META), META_RAFT_BATCH)
+        .map_err(|e| apply_err(&e))?;
+    let done = match progress {
+        Some(bytes) => match codec::decode::<(u64, u64)>(&bytes).map_err(|e| apply_err(&e))? {
+            (index, done) if index == log_id.index => done as usize,
+            _ => 0,
+        },
+        None => 0,
+    };
+    let total = commands.len();
+    let mut results = Vec::with_capacity(total);
+    for (i, command) in commands.into_iter().enumerate() {
+        if i < done {
+            results.push(
+                Response::from(Err(crate::Error::Internal(
+                    "applied before a restart".into(),
+                )))
+                .0,
+            );
+            continue;
+        }
+        let progress = codec::encode(&(log_id.index, (i + 1) as u64)).map_err(|e| apply_err(&e))?;
+        if i + 1 == total {
+            let mut meta = position_meta(log_id, None).map_err(|e| apply_err(&e))?;
+            meta.push((META_RAFT_BATCH.to_vec(), progress));
+            store.stage_apply_position(log_id.index, meta);
+        } else {
+            store.stage_apply_meta(vec![(META_RAFT_BATCH.to_vec(), progress)]);
+        }
+        let result = applier.apply(command, member_id);
+        if let Err(err) = &result {
+            if is_fatal(err) {
+                return Err(apply_err(err));
+            }
+        }
+        store.flush_apply_meta().map_err(|e| apply_err(&e))?;
+        results.push(Response::from(result).0);
+    }
+    if done >= total {
+        // Nothing left to apply (or an empty batch): record the entry as applied.
+        store.stage_apply_position(
+            log_id.index,
+            position_meta(log_id, None).map_err(|e| apply_err(&e))?,
+        );
+        store.flush_apply_meta().map_err(|e| apply_err(&e))?;
+    }
+    Ok(Response(raftpb::ApplyResult {
+        result: Some(raftpb::apply_result::Result::Batch(raftpb::ApplyResults {
+            results,
+        })),
+    }))
 }
 
 /// Replaces the store's contents with the current snapshot and rebuilds in-memory state.
@@ -406,4 +490,100 @@ fn build(store: &KvStore, snapshots: &SnapshotDir) -> io::Result<(SnapshotMeta, 
     let file = File::open(&path)?;
     snapshots.publish(&path, &meta, false)?;
     Ok((meta, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use kvstore_proto::etcdserverpb::PutRequest;
+
+    use super::*;
+    use crate::alarm::Alarms;
+    use crate::mvcc::StoreOptions;
+
+    fn put(key: &str) -> Command {
+        Command::Put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            ..PutRequest::default()
+        })
+    }
+
+    fn entry(index: u64, command: Command) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request(command)),
+        }
+    }
+
+    fn open(dir: &Path) -> (Arc<KvStore>, Applier) {
+        let store = Arc::new(KvStore::open(dir, StoreOptions::default()).expect("store"));
+        let alarms = Arc::new(Alarms::load(store.backend()).expect("alarms"));
+        let applier = Applier::new(Arc::clone(&store), alarms);
+        (store, applier)
+    }
+
+    fn revisions(responses: &[Response]) -> Vec<i64> {
+        use raftpb::apply_result::Result as R;
+        let Some(R::Batch(batch)) = &responses[0].0.result else {
+            panic!("a batch result: {responses:?}");
+        };
+        batch
+            .results
+            .iter()
+            .map(|r| match &r.result {
+                Some(R::Put(p)) => p.header.as_ref().map_or(0, |h| h.revision),
+                _ => -1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_as_its_own_revision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, applier) = open(dir.path());
+        let batch = Command::Batch(vec![put("a"), put("b"), put("c")]);
+        let (responses, last, _) = apply_blocking(
+            &store,
+            &applier,
+            1,
+            vec![entry(1, batch)],
+            StoredMembership::default(),
+        )
+        .expect("applies");
+        assert_eq!(revisions(&responses), vec![2, 3, 4]);
+        assert_eq!(last.map(|l| l.index), Some(1));
+        assert_eq!(store.current_revision(), 4);
+    }
+
+    #[test]
+    fn a_batch_cut_short_by_a_crash_resumes_without_repeating_a_command() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (store, applier) = open(dir.path());
+            drop(applier);
+            // As if the first two of entry 1's three commands were applied before a crash.
+            store.stage_apply_meta(vec![(
+                META_RAFT_BATCH.to_vec(),
+                codec::encode(&(1u64, 2u64)).expect("encodes"),
+            )]);
+            store.flush_apply_meta().expect("writes");
+        }
+        let (store, applier) = open(dir.path());
+        let batch = Command::Batch(vec![put("a"), put("b"), put("c")]);
+        let (responses, _, _) = apply_blocking(
+            &store,
+            &applier,
+            1,
+            vec![entry(1, batch)],
+            StoredMembership::default(),
+        )
+        .expect("applies");
+        // Only "c" is applied now: one new revision, and the skipped ones answer an error.
+        assert_eq!(revisions(&responses), vec![-1, -1, 2]);
+        assert_eq!(store.current_revision(), 2);
+        let (applied, _) =
+            read_applied(|k| store.backend().db().get_cf(&store.backend().cf(CF_META), k))
+                .expect("reads");
+        assert_eq!(applied.map(|l| l.index), Some(1));
+    }
 }

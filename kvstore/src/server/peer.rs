@@ -24,6 +24,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::apply::Command;
+use crate::raft::batcher::Batcher;
 use crate::raft::codec;
 use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
 use crate::raft::network::TO_MEMBER_HEADER;
@@ -47,6 +48,9 @@ pub struct PeerService {
     identity: Option<u64>,
     /// Answers pre-votes; without one every pre-vote is refused.
     judge: Option<PreVoteJudge>,
+    /// Proposes forwarded writes in batches with this member's own; without one each is
+    /// proposed alone.
+    batcher: Option<Batcher>,
 }
 
 impl PeerService {
@@ -57,6 +61,7 @@ impl PeerService {
             reads: Arc::default(),
             identity: None,
             judge: None,
+            batcher: None,
         }
     }
 
@@ -74,6 +79,12 @@ impl PeerService {
     /// is told so loudly instead of quietly taking part.
     pub fn with_identity(mut self, member_id: u64) -> Self {
         self.identity = Some(member_id);
+        self
+    }
+
+    /// Proposes forwarded writes through `batcher` (the proposer's).
+    pub fn with_batcher(mut self, batcher: Batcher) -> Self {
+        self.batcher = Some(batcher);
         self
     }
 
@@ -180,8 +191,16 @@ impl RaftService for PeerService {
         let result = if !self.is_leader() {
             not_leader_result()
         } else {
-            match self.raft.client_write(RaftRequest(command)).await {
-                Ok(response) => response.data.0,
+            let written = match &self.batcher {
+                Some(batcher) => batcher.write(command).await,
+                None => self
+                    .raft
+                    .client_write(RaftRequest(command))
+                    .await
+                    .map(|response| response.data.0),
+            };
+            match written {
+                Ok(result) => result,
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                     leader_changed_result()
                 }
