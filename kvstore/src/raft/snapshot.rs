@@ -66,6 +66,7 @@ use rocksdb::{DBWithThreadMode, MultiThreaded, ReadOptions, SnapshotWithThreadMo
 
 use super::codec;
 use super::types::SnapshotMeta;
+use crate::backup::restore::META_CLUSTER_IDENTITY;
 use crate::mvcc::backend::{Backend, CF_KV, CF_LEASE, CF_META};
 
 /// The first bytes of every snapshot file: the name and the format version.
@@ -548,6 +549,11 @@ pub fn install_file(
 ) -> io::Result<()> {
     let db = backend.db();
     let write = |batch: WriteBatch| db.write(batch).map_err(io::Error::other);
+    // This member's identity stamp is its own, not the sender's: keep it (without this a
+    // member that installed a snapshot refused to restart; found by the chaos suite).
+    let identity = db
+        .get_cf(&backend.cf(CF_META), META_CLUSTER_IDENTITY)
+        .map_err(io::Error::other)?;
 
     let mut clear = WriteBatch::default();
     for cf in [CF_KV, CF_LEASE, CF_META] {
@@ -575,7 +581,12 @@ pub fn install_file(
     }
     let cf = backend.cf(CF_META);
     for (k, v) in meta.iter().chain(extra_meta) {
-        batch.put_cf(&cf, k, v);
+        if k.as_slice() != META_CLUSTER_IDENTITY {
+            batch.put_cf(&cf, k, v);
+        }
+    }
+    if let Some(identity) = identity {
+        batch.put_cf(&cf, META_CLUSTER_IDENTITY, identity);
     }
     write(batch)?;
     db.flush_wal(true).map_err(io::Error::other)
@@ -727,6 +738,31 @@ mod tests {
         w.record(Section::Lease, b"l", b"").expect("record");
         w.record(Section::Meta, b"m", b"x").expect("record");
         w.finish().expect("finish")
+    }
+
+    /// Found by the chaos suite: installing a snapshot replaced the member's identity stamp
+    /// with the sender's, so the member refused to restart.
+    #[test]
+    fn install_keeps_the_members_own_identity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = Backend::open(&dir.path().join("db"), false).expect("open");
+        let meta = backend.cf(CF_META);
+        backend
+            .db()
+            .put_cf(&meta, META_CLUSTER_IDENTITY, b"mine")
+            .expect("stamp");
+        let mut w = SnapshotWriter::new(Vec::new()).expect("vec");
+        w.header(b"meta").expect("header");
+        w.record(Section::Kv, b"k1", b"v1").expect("record");
+        w.record(Section::Meta, META_CLUSTER_IDENTITY, b"sender's")
+            .expect("record");
+        w.record(Section::Meta, b"m", b"x").expect("record");
+        let path = dir.path().join("s.snap");
+        fs::write(&path, w.finish().expect("finish")).expect("write");
+        install_file(&backend, &path, &[]).expect("install");
+        let get = |k: &[u8]| backend.db().get_cf(&meta, k).expect("get");
+        assert_eq!(get(META_CLUSTER_IDENTITY), Some(b"mine".to_vec()));
+        assert_eq!(get(b"m"), Some(b"x".to_vec()));
     }
 
     #[test]
