@@ -179,9 +179,12 @@ async fn drive(hosts: Arc<Hosts>, config: RunConfig) -> Result<(Vec<Entry>, Vec<
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
+        // Not a terminal (CI, nohup): a plain line a minute instead of the bar.
+        let plain = config.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr());
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + limit;
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut ticks = 0u64;
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => break,
@@ -190,6 +193,14 @@ async fn drive(hosts: Arc<Hosts>, config: RunConfig) -> Result<(Vec<Entry>, Vec<
                         let (ops, faults) = recorder.counts();
                         bar.set_position(recorder.now() / 1_000_000_000);
                         bar.set_message(format!("{ops} ops, {faults} faults"));
+                        ticks += 1;
+                        if plain && ticks % 60 == 0 {
+                            eprintln!(
+                                "[{:>5}s / {}s] {ops} ops, {faults} faults",
+                                recorder.now() / 1_000_000_000,
+                                limit.as_secs()
+                            );
+                        }
                     }
                 }
             }
