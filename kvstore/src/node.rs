@@ -479,7 +479,7 @@ async fn bootstrap(raft: &Raft, config: &Config, membership: &Membership) -> Res
 /// Refuses to start on a data directory of another cluster (a different
 /// `--initial-cluster-token` or membership), as etcd does; records the identity on first start.
 fn check_cluster_identity(store: &KvStore, membership: &Membership) -> Result<(), Error> {
-    const META_IDENTITY: &[u8] = b"cluster_identity";
+    use crate::backup::restore::META_CLUSTER_IDENTITY as META_IDENTITY;
     let backend = store.backend();
     let cf = backend.cf(crate::mvcc::backend::CF_META);
     let mut want = membership.cluster_id.to_be_bytes().to_vec();
