@@ -194,7 +194,7 @@ async fn drive(hosts: Arc<Hosts>, config: RunConfig) -> Result<(Vec<Entry>, Vec<
                         bar.set_position(recorder.now() / 1_000_000_000);
                         bar.set_message(format!("{ops} ops, {faults} faults"));
                         ticks += 1;
-                        if plain && ticks % 60 == 0 {
+                        if plain && ticks.is_multiple_of(60) {
                             eprintln!(
                                 "[{:>5}s / {}s] {ops} ops, {faults} faults",
                                 recorder.now() / 1_000_000_000,
