@@ -30,8 +30,26 @@ pub async fn connect(endpoint: &str) -> Result<Channel> {
         })
 }
 
-/// The endpoint whose member is the leader, asking each in turn.
+/// How long to keep asking for a leader: a cluster that just started (or just lost its
+/// leader) may answer reads before every member reports the new leader in its status.
+const FIND_LEADER_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The endpoint whose member is the leader, asking each in turn until one says it leads.
 pub async fn find_leader(endpoints: &[String]) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + FIND_LEADER_FOR;
+    loop {
+        if let Some(endpoint) = leader_now(endpoints).await {
+            return Ok(endpoint);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::NoLeader);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The endpoint that reports itself as leader right now, if any.
+async fn leader_now(endpoints: &[String]) -> Option<String> {
     for endpoint in endpoints {
         let Ok(channel) = connect(endpoint).await else {
             continue;
@@ -45,10 +63,10 @@ pub async fn find_leader(endpoints: &[String]) -> Result<String> {
         let status = status.into_inner();
         let member = status.header.map(|h| h.member_id).unwrap_or_default();
         if member != 0 && member == status.leader {
-            return Ok(endpoint.clone());
+            return Some(endpoint.clone());
         }
     }
-    Err(Error::NoLeader)
+    None
 }
 
 /// The `--conns` connections: round-robin over `--endpoints`, or all to the leader with

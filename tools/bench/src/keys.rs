@@ -96,7 +96,10 @@ mod tests {
         for n in 0..1000 {
             let k = keys.pick(n, &mut rng);
             assert_eq!(k.len(), 12);
-            let i: u64 = std::str::from_utf8(&k[3..]).expect("ascii").parse().expect("a number");
+            let i: u64 = std::str::from_utf8(&k[3..])
+                .expect("ascii")
+                .parse()
+                .expect("a number");
             assert!(i < 100);
         }
         assert_eq!(Keys::new("", 4, 10, true).at(13), b"0003");
