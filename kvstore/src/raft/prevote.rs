@@ -93,24 +93,31 @@ struct Standing {
 }
 
 async fn standing(raft: &Raft, me: NodeId) -> Option<Standing> {
-    raft.with_raft_state(move |st| {
-        let membership = st.membership_state.effective().membership();
-        let vote = st.vote_ref();
-        Standing {
-            leader: st.server_state == ServerState::Leader,
-            voter: membership.voter_ids().any(|id| id == me),
-            term: vote.leader_id().term,
-            committed: vote.is_committed(),
-            heard: st.vote_last_modified(),
-            configs: membership.get_joint_config().clone(),
-            nodes: membership
-                .nodes()
-                .map(|(id, node)| (*id, node.clone()))
-                .collect(),
-        }
-    })
-    .await
-    .ok()
+    let raft = raft.clone();
+    // Detached: a caller that gives up (a pre-vote whose asker timed out, a shutdown) must not
+    // leave openraft answering into a dropped channel, which it logs as an error
+    // ("to-Raft tx send error").
+    let ask = tokio::spawn(async move {
+        raft.with_raft_state(move |st| {
+            let membership = st.membership_state.effective().membership();
+            let vote = st.vote_ref();
+            Standing {
+                leader: st.server_state == ServerState::Leader,
+                voter: membership.voter_ids().any(|id| id == me),
+                term: vote.leader_id().term,
+                committed: vote.is_committed(),
+                heard: st.vote_last_modified(),
+                configs: membership.get_joint_config().clone(),
+                nodes: membership
+                    .nodes()
+                    .map(|(id, node)| (*id, node.clone()))
+                    .collect(),
+            }
+        })
+        .await
+        .ok()
+    });
+    ask.await.ok().flatten()
 }
 
 /// Whether a voter in `standing`, whose last log id is `own_last`, would vote for a
