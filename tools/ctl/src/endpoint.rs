@@ -1,16 +1,16 @@
-//! `endpoint status | health`: ask each endpoint (or, with `--cluster`, each member's client
+//! `endpoint status | health | hashkv`: ask each endpoint (or, with `--cluster`, each member's client
 //! URLs from the member list) about itself.
 
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use futures::stream::{FuturesUnordered, StreamExt};
-use kvstore_proto::etcdserverpb::{MemberListRequest, RangeRequest, StatusRequest};
+use kvstore_proto::etcdserverpb::{HashKvRequest, MemberListRequest, RangeRequest, StatusRequest};
 
 use crate::cli::Context;
 use crate::client::{Client, Settings};
 use crate::error::{Error, Result};
-use crate::output::{emit, notices, EpHealth, EpStatus};
+use crate::output::{emit, notices, EpHashKv, EpHealth, EpStatus};
 
 /// `endpoint` and its subcommands.
 #[derive(Args, Debug)]
@@ -27,6 +27,15 @@ pub struct EndpointArgs {
 enum EndpointCommand {
     /// Checks the healthiness of the endpoints: a linearizable read must succeed
     Health {
+        /// Extra arguments, which etcdctl ignores (or rejects, where it does).
+        #[arg(hide = true)]
+        extra: Vec<String>,
+    },
+    /// Prints the KV history hash for each endpoint in --endpoints
+    Hashkv {
+        /// maximum revision to hash (default: all revisions)
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
         /// Extra arguments, which etcdctl ignores (or rejects, where it does).
         #[arg(hide = true)]
         extra: Vec<String>,
@@ -70,6 +79,7 @@ pub async fn run(ctx: &Context, args: EndpointArgs) -> Result<()> {
     match args.command {
         EndpointCommand::Status { .. } => status(ctx, args.cluster).await,
         EndpointCommand::Health { .. } => health(ctx, args.cluster).await,
+        EndpointCommand::Hashkv { rev, .. } => hashkv(ctx, args.cluster, rev).await,
     }
 }
 
@@ -98,6 +108,34 @@ async fn status(ctx: &Context, cluster: bool) -> Result<()> {
         return Err(Error::Reported);
     }
     Ok(())
+}
+
+async fn hashkv(ctx: &Context, cluster: bool, revision: i64) -> Result<()> {
+    let printer = ctx.printer()?;
+    let mut list = Vec::new();
+    let mut failed = None;
+    for endpoint in endpoints_from_cluster(ctx, cluster).await? {
+        let resp = async {
+            let client = Client::connect_one(&endpoint, &ctx.settings).await?;
+            client
+                .unary(client.maintenance().hash_kv(HashKvRequest { revision }))
+                .await
+        }
+        .await;
+        match resp {
+            Ok(resp) => list.push(EpHashKv { endpoint, resp }),
+            Err(e) => {
+                emit(&notices::hashkv_failed(&endpoint, &e.0))?;
+                failed = Some(e.0);
+            }
+        }
+    }
+    emit(&printer.endpoint_hashkv(&list)?)?;
+    // etcdctl lists what it got, then exits with the last failure.
+    match failed {
+        Some(cause) => Err(Error::Request(cause)),
+        None => Ok(()),
+    }
 }
 
 /// Checks one endpoint: connect and read a key linearizably. Permission denied counts as

@@ -237,6 +237,12 @@ fn steps() -> Vec<Step> {
         step("endpoint health -w fields"),
         step("endpoint health -w table"),
         step("endpoint health --cluster -w table"),
+        step("endpoint hashkv"),
+        step("endpoint hashkv --rev=3 -w json"),
+        step("endpoint hashkv -w fields"),
+        step("endpoint hashkv --cluster -w table"),
+        step("--endpoints {EP},127.0.0.1:{DEAD} --command-timeout 1s --dial-timeout 1s endpoint hashkv")
+            .own_endpoints(),
         step("--endpoints {EP},127.0.0.1:{DEAD} --command-timeout 1s --dial-timeout 1s endpoint health -w table")
             .own_endpoints(),
         step("--endpoints {EP},127.0.0.1:{DEAD} --command-timeout 1s --dial-timeout 1s endpoint status")

@@ -13,7 +13,7 @@ use kvstore_proto::etcdserverpb::{
 use kvstore_proto::mvccpb::KeyValue;
 
 use super::simple::{alarm_type_name, event_type_name};
-use super::{EpHealth, EpStatus};
+use super::{EpHashKv, EpHealth, EpStatus};
 use crate::go::{quote, string_list};
 
 fn hdr(s: &mut String, h: Option<&ResponseHeader>) {
@@ -185,6 +185,17 @@ pub(super) fn endpoint_status(list: &[EpStatus]) -> String {
         let _ = writeln!(s, "\"RaftAppliedIndex\" : {}", r.raft_applied_index);
         let _ = writeln!(s, "\"Errors\" : {}", string_list(&r.errors));
         let _ = writeln!(s, "\"Endpoint\" : {}", quote(ep.endpoint.as_bytes()));
+        s.push('\n');
+    }
+    s
+}
+
+pub(super) fn endpoint_hashkv(list: &[EpHashKv]) -> String {
+    let mut s = String::new();
+    for ep in list {
+        hdr(&mut s, ep.resp.header.as_ref());
+        let _ = writeln!(s, "\"Endpoint\" : {}", quote(ep.endpoint.as_bytes()));
+        let _ = writeln!(s, "\"Hash\" : {}", ep.resp.hash);
         s.push('\n');
     }
     s

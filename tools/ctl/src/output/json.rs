@@ -19,7 +19,7 @@ use kvstore_proto::etcdserverpb::{
 };
 use kvstore_proto::mvccpb::{Event, KeyValue};
 
-use super::{EpHealth, EpStatus};
+use super::{EpHashKv, EpHealth, EpStatus};
 
 /// A JSON document followed by the newline etcdctl's `fmt.Println` adds.
 pub(super) fn line(json: String) -> String {
@@ -386,6 +386,22 @@ pub(super) fn endpoint_status(list_: &[EpStatus]) -> String {
         Obj::new()
             .str("Endpoint", &s.endpoint)
             .raw("Status", &status(&s.resp))
+            .finish()
+    })
+}
+
+/// etcdctl's `[]epHashKV`: `[{"Endpoint":...,"HashKV":{"header":{...},"hash":...}}]`.
+pub(super) fn endpoint_hashkv(list_: &[EpHashKv]) -> String {
+    list(list_, |h| {
+        let r = &h.resp;
+        let hashkv = Obj::new()
+            .msg_omit("header", r.header.as_ref(), header)
+            .num_omit("hash", r.hash)
+            .num_omit("compact_revision", r.compact_revision)
+            .finish();
+        Obj::new()
+            .str("Endpoint", &h.endpoint)
+            .raw("HashKV", &hashkv)
             .finish()
     })
 }

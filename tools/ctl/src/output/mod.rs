@@ -18,7 +18,7 @@ mod table;
 use std::io::Write;
 
 use kvstore_proto::etcdserverpb::{
-    AlarmResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
+    AlarmResponse, DeleteRangeResponse, HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
     LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberAddResponse,
     MemberListResponse, MemberPromoteResponse, MemberRemoveResponse, MemberUpdateResponse,
     PutResponse, RangeResponse, StatusResponse, TxnResponse, WatchResponse,
@@ -117,6 +117,15 @@ pub struct EpStatus {
     pub endpoint: String,
     /// The member's status.
     pub resp: StatusResponse,
+}
+
+/// One endpoint's answer to `endpoint hashkv`.
+#[derive(Debug, Clone)]
+pub struct EpHashKv {
+    /// The endpoint as the user gave it (or as the member list reported it with `--cluster`).
+    pub endpoint: String,
+    /// The member's hash of its KV history.
+    pub resp: HashKvResponse,
 }
 
 /// One endpoint's result of `endpoint health`.
@@ -347,6 +356,16 @@ impl Printer {
             Format::Json => json::line(json::endpoint_status(list)),
             Format::Fields => fields::endpoint_status(list),
             Format::Table => table::endpoint_status(list),
+        }))
+    }
+
+    /// Output of `endpoint hashkv`.
+    pub fn endpoint_hashkv(&self, list: &[EpHashKv]) -> Result<Rendered> {
+        Ok(Rendered::out(match self.format {
+            Format::Simple => simple::endpoint_hashkv(list),
+            Format::Json => json::line(json::endpoint_hashkv(list)),
+            Format::Fields => fields::endpoint_hashkv(list),
+            Format::Table => table::endpoint_hashkv(list),
         }))
     }
 

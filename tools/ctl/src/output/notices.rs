@@ -33,6 +33,13 @@ pub fn status_failed(endpoint: &str, err: &str) -> Rendered {
     ))
 }
 
+/// `endpoint hashkv`: one endpoint could not be asked.
+pub fn hashkv_failed(endpoint: &str, err: &str) -> Rendered {
+    Rendered::err(format!(
+        "Failed to get the hash of endpoint {endpoint} ({err})\n"
+    ))
+}
+
 /// `watch`: the server cancelled the watch (compaction, or another reason).
 pub fn watch_canceled(reason: &str) -> Rendered {
     Rendered::err(format!("watch was canceled ({reason})\n"))

@@ -11,7 +11,7 @@ use kvstore_proto::etcdserverpb::{
 use kvstore_proto::mvccpb::KeyValue;
 
 use super::table::{endpoint_status_rows, member_rows};
-use super::{EpHealth, EpStatus};
+use super::{EpHashKv, EpHealth, EpStatus};
 
 /// Prints keys and values, as raw bytes or as `\x..` escapes (`--hex`).
 pub(super) struct KvPrinter {
@@ -186,6 +186,13 @@ pub(super) fn member_changed(id: u64, what: &str, header: Option<&ResponseHeader
 
 pub(super) fn endpoint_status(list: &[EpStatus]) -> String {
     rows_text(&endpoint_status_rows(list))
+}
+
+/// `ENDPOINT, HASH` lines.
+pub(super) fn endpoint_hashkv(list: &[EpHashKv]) -> String {
+    list.iter()
+        .map(|h| format!("{}, {}\n", h.endpoint, h.resp.hash))
+        .collect()
 }
 
 pub(super) fn endpoint_health(list: &[EpHealth]) -> String {

@@ -7,7 +7,7 @@
 
 use kvstore_proto::etcdserverpb::{Member, MemberListResponse};
 
-use super::{EpHealth, EpStatus};
+use super::{EpHashKv, EpHealth, EpStatus};
 use crate::go::humanize_bytes;
 
 /// tablewriter's default maximum column width before wrapping.
@@ -87,6 +87,14 @@ pub(super) fn endpoint_status(list: &[EpStatus]) -> String {
         ],
         &endpoint_status_rows(list),
     )
+}
+
+pub(super) fn endpoint_hashkv(list: &[EpHashKv]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|h| vec![h.endpoint.clone(), h.resp.hash.to_string()])
+        .collect();
+    render(&["endpoint", "hash"], &rows)
 }
 
 pub(super) fn endpoint_health(list: &[EpHealth]) -> String {
