@@ -218,20 +218,15 @@ fn apply_blocking(
                     log_id.index,
                     position_meta(&log_id, new_membership.as_ref()).map_err(|e| apply_err(&e))?,
                 );
-                let response = match payload {
-                    EntryPayload::Blank | EntryPayload::Membership(_) => Response::empty(),
+                match payload {
                     EntryPayload::Normal(request) => {
-                        let result = applier.apply(request.0, member_id);
-                        if let Err(err) = &result {
-                            if is_fatal(err) {
-                                return Err(apply_err(err));
-                            }
-                        }
-                        Response::from(result)
+                        apply_command(store, applier, member_id, &log_id, request.0)?
                     }
-                };
-                store.flush_apply_meta().map_err(|e| apply_err(&e))?;
-                response
+                    EntryPayload::Blank | EntryPayload::Membership(_) => {
+                        store.flush_apply_meta().map_err(|e| apply_err(&e))?;
+                        Response::empty()
+                    }
+                }
             }
         };
         if let Some(m) = new_membership {
@@ -241,6 +236,29 @@ fn apply_blocking(
         responses.push(response);
     }
     Ok((responses, last, membership))
+}
+
+/// Applies one command of the entry at `log_id` (its apply position already staged), then
+/// writes the staged position if the command wrote nothing. A refused command is an answer
+/// for its client; only a failing store stops the member.
+fn apply_command(
+    store: &KvStore,
+    applier: &Applier,
+    member_id: NodeId,
+    log_id: &LogId,
+    command: Command,
+) -> Result<Response, StorageError> {
+    let apply_err = |e: &(dyn std::error::Error + 'static)| {
+        StorageError::from(StorageIOError::apply(*log_id, AnyError::from_dyn(e, None)))
+    };
+    let result = applier.apply(command, member_id);
+    if let Err(err) = &result {
+        if is_fatal(err) {
+            return Err(apply_err(err));
+        }
+    }
+    store.flush_apply_meta().map_err(|e| apply_err(&e))?;
+    Ok(Response::from(result))
 }
 
 /// Applies the commands of the batch entry at `log_id`, each as if it were an entry of its own,
@@ -289,14 +307,7 @@ fn apply_batch(
         } else {
             store.stage_apply_meta(vec![(META_RAFT_BATCH.to_vec(), progress)]);
         }
-        let result = applier.apply(command, member_id);
-        if let Err(err) = &result {
-            if is_fatal(err) {
-                return Err(apply_err(err));
-            }
-        }
-        store.flush_apply_meta().map_err(|e| apply_err(&e))?;
-        results.push(Response::from(result).0);
+        results.push(apply_command(store, applier, member_id, log_id, command)?.0);
     }
     if done >= total {
         // Nothing left to apply (or an empty batch): record the entry as applied.
