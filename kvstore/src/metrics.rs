@@ -154,7 +154,8 @@ impl Metrics {
             .set(i64::from(leader == Some(node.membership.member_id)));
         self.proposals_applied.set(node.applied_index() as i64);
         self.term.set(node.proposer.term() as i64);
-        self.db_size.set(crate::quota::backend_size(node.store.backend()) as i64);
+        self.db_size
+            .set(crate::quota::backend_size(node.store.backend()) as i64);
         self.keys.set(node.store.index_len() as i64);
         self.current_revision.set(node.store.current_revision());
         self.compact_revision.set(node.store.compacted_revision());
