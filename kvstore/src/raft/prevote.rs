@@ -360,77 +360,47 @@ mod tests {
 
     const LEASE: Duration = Duration::from_millis(750);
 
+    /// Whether `standing` grants a candidate for `term` whose last log id is `candidate`,
+    /// its own being `own`, at `now`.
+    fn asks(
+        standing: &Standing,
+        now: Instant,
+        term: u64,
+        candidate: Option<LogId>,
+        own: Option<LogId>,
+    ) -> bool {
+        grants(standing, now, LEASE, term, candidate, own)
+    }
+
     #[test]
     fn follower_of_a_live_leader_refuses() {
         let now = Instant::now();
         let standing = follower(Some(now - Duration::from_millis(100)));
-        assert!(!grants(
-            &standing,
-            now,
-            LEASE,
-            6,
-            log_id(5, 10),
-            log_id(5, 10)
-        ));
+        assert!(!asks(&standing, now, 6, log_id(5, 10), log_id(5, 10)));
     }
 
     #[test]
     fn follower_whose_leader_went_silent_grants_an_up_to_date_candidate() {
         let now = Instant::now();
         let standing = follower(Some(now - Duration::from_secs(2)));
-        assert!(grants(
-            &standing,
-            now,
-            LEASE,
-            6,
-            log_id(5, 10),
-            log_id(5, 10)
-        ));
-        assert!(grants(
-            &standing,
-            now,
-            LEASE,
-            6,
-            log_id(5, 11),
-            log_id(5, 10)
-        ));
+        assert!(asks(&standing, now, 6, log_id(5, 10), log_id(5, 10)));
+        assert!(asks(&standing, now, 6, log_id(5, 11), log_id(5, 10)));
     }
 
     #[test]
     fn candidate_with_a_shorter_or_older_log_is_refused() {
         let now = Instant::now();
         let standing = follower(None);
-        assert!(!grants(
-            &standing,
-            now,
-            LEASE,
-            6,
-            log_id(5, 9),
-            log_id(5, 10)
-        ));
-        assert!(!grants(
-            &standing,
-            now,
-            LEASE,
-            6,
-            log_id(4, 20),
-            log_id(5, 10)
-        ));
-        assert!(!grants(&standing, now, LEASE, 6, None, log_id(5, 10)));
+        assert!(!asks(&standing, now, 6, log_id(5, 9), log_id(5, 10)));
+        assert!(!asks(&standing, now, 6, log_id(4, 20), log_id(5, 10)));
+        assert!(!asks(&standing, now, 6, None, log_id(5, 10)));
     }
 
     #[test]
     fn candidate_not_ahead_in_term_is_refused() {
         let now = Instant::now();
         let standing = follower(None);
-        assert!(!grants(
-            &standing,
-            now,
-            LEASE,
-            5,
-            log_id(5, 10),
-            log_id(5, 10)
-        ));
+        assert!(!asks(&standing, now, 5, log_id(5, 10), log_id(5, 10)));
     }
 
     #[test]
@@ -438,16 +408,9 @@ mod tests {
         let now = Instant::now();
         let mut leader = follower(Some(now));
         leader.leader = true;
-        assert!(!grants(
-            &leader,
-            now,
-            LEASE,
-            6,
-            log_id(5, 10),
-            log_id(5, 10)
-        ));
+        assert!(!asks(&leader, now, 6, log_id(5, 10), log_id(5, 10)));
         let mut voted = follower(Some(now));
         voted.committed = false;
-        assert!(grants(&voted, now, LEASE, 6, log_id(5, 10), log_id(5, 10)));
+        assert!(asks(&voted, now, 6, log_id(5, 10), log_id(5, 10)));
     }
 }
