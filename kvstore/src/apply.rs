@@ -274,6 +274,45 @@ impl Proposer for LocalProposer {
     }
 }
 
+impl Command {
+    /// Whether applying it does a small, bounded amount of work: it touches single keys
+    /// only, so its cost does not grow with the size of the store. The state machine applies
+    /// entries of such commands on its own task instead of handing them to a blocking thread
+    /// (the hand-off cost more than the work); a range delete, a lease revoke (every key of
+    /// the lease) or a compaction (the whole index) may take long and goes to a blocking
+    /// thread.
+    pub fn is_light(&self) -> bool {
+        match self {
+            Command::Put(_)
+            | Command::LeaseGrant(_)
+            | Command::LeaseCheckpoint(_)
+            | Command::Alarm(_)
+            | Command::PublishMember(_) => true,
+            Command::DeleteRange(d) => d.range_end.is_empty(),
+            Command::Txn(t) => txn_is_light(t),
+            Command::Compact(_) | Command::LeaseRevoke(_) => false,
+            Command::Batch(commands) => commands.iter().all(Command::is_light),
+        }
+    }
+}
+
+/// Whether a transaction touches single keys only: compares and operations without a range
+/// end, nested transactions likewise.
+fn txn_is_light(txn: &TxnRequest) -> bool {
+    use kvstore_proto::etcdserverpb::request_op::Request as Op;
+    txn.compare.iter().all(|c| c.range_end.is_empty())
+        && txn
+            .success
+            .iter()
+            .chain(&txn.failure)
+            .all(|op| match &op.request {
+                None | Some(Op::RequestPut(_)) => true,
+                Some(Op::RequestRange(r)) => r.range_end.is_empty(),
+                Some(Op::RequestDeleteRange(d)) => d.range_end.is_empty(),
+                Some(Op::RequestTxn(t)) => txn_is_light(t),
+            })
+}
+
 /// The wire form of a command (what a Raft log entry and a forwarded write carry).
 impl From<Command> for raftpb::Command {
     fn from(command: Command) -> Self {
@@ -341,6 +380,44 @@ mod tests {
     use super::*;
     use kvstore_proto::etcdserverpb::PutRequest;
     use prost::Message;
+
+    #[test]
+    fn only_single_key_commands_are_light() {
+        use kvstore_proto::etcdserverpb::request_op::Request as Op;
+        use kvstore_proto::etcdserverpb::{RangeRequest, RequestOp};
+        let put = || Command::Put(PutRequest::default());
+        let delete = |end: &[u8]| DeleteRangeRequest {
+            key: b"a".to_vec(),
+            range_end: end.to_vec(),
+            ..DeleteRangeRequest::default()
+        };
+        let txn = |op: Op| TxnRequest {
+            success: vec![RequestOp {
+                request: Some(Op::RequestPut(PutRequest::default())),
+            }],
+            failure: vec![RequestOp { request: Some(op) }],
+            ..TxnRequest::default()
+        };
+        assert!(put().is_light());
+        assert!(Command::DeleteRange(delete(b"")).is_light());
+        assert!(!Command::DeleteRange(delete(b"b")).is_light());
+        assert!(!Command::LeaseRevoke(1).is_light());
+        assert!(!Command::Compact(CompactionRequest::default()).is_light());
+        let get = RangeRequest {
+            key: b"a".to_vec(),
+            ..RangeRequest::default()
+        };
+        assert!(Command::Txn(txn(Op::RequestRange(get.clone()))).is_light());
+        let scan = RangeRequest {
+            range_end: vec![0],
+            ..get
+        };
+        assert!(!Command::Txn(txn(Op::RequestRange(scan))).is_light());
+        let nested = txn(Op::RequestTxn(txn(Op::RequestDeleteRange(delete(b"z")))));
+        assert!(!Command::Txn(nested).is_light());
+        assert!(Command::Batch(vec![put(), put()]).is_light());
+        assert!(!Command::Batch(vec![put(), Command::LeaseRevoke(1)]).is_light());
+    }
 
     #[test]
     fn commands_survive_the_wire_form() {
