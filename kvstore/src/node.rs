@@ -11,7 +11,7 @@ use kvstore_proto::etcdserverpb::{
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
     ResponseHeader,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -286,10 +286,9 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
             .with_identity(node.membership.member_id)
             .into_server();
         let shutdown = node.shutdown.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(no_delay);
         tasks.spawn(async move {
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                 .await
@@ -320,11 +319,10 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
             .add_service(AuthServer::new(AuthService));
         let shutdown = node.shutdown.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
-            .map(|conn| conn.map(AuthorityFix::new));
+            .map(|conn| no_delay(conn).map(AuthorityFix::new));
         tasks.spawn(async move {
             tonic::transport::Server::builder()
                 .accept_http1(true)
-                .tcp_nodelay(true)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                 .await
@@ -423,6 +421,19 @@ async fn wait_for_leader(raft: &Raft, limit: Duration) {
 ///
 /// openraft requires both above the heartbeat interval: etcd requires `E >= 5 × heartbeat`, which
 /// gives that; shorter election timeouts (still longer than a heartbeat) are stretched to fit.
+/// Turns Nagle's algorithm off on an accepted connection. tonic's `tcp_nodelay` applies only to
+/// listeners it opens itself, not to `serve_with_incoming`, so without this every small write
+/// after an unacknowledged one (the second HTTP/2 frame of a response, the next watch event)
+/// waited for the peer's delayed ACK: watch fan-out put latency had a p90 of 45 ms.
+fn no_delay(conn: std::io::Result<TcpStream>) -> std::io::Result<TcpStream> {
+    let conn = conn?;
+    if let Err(e) = conn.set_nodelay(true) {
+        // The connection may already be gone; serving it shows that soon enough.
+        tracing::debug!(cause = %e, "cannot turn Nagle's algorithm off");
+    }
+    Ok(conn)
+}
+
 fn raft_config(config: &Config) -> Result<openraft::Config, Error> {
     let (heartbeat, election) = (config.heartbeat_interval, config.election_timeout);
     if election <= heartbeat {
