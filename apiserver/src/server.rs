@@ -227,9 +227,19 @@ pub async fn bootstrap(app: &App) {
     }
 }
 
+/// Turns Nagle's algorithm off on an accepted connection (axum leaves it on): otherwise a
+/// watch's small event writes wait for the client's delayed ACKs, ~40 ms at a time.
+fn no_delay(tcp: &tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(cause = %e, "cannot turn Nagle's algorithm off");
+    }
+}
+
 /// Serves plain HTTP on `listener` (the development port): no client certificates.
 pub async fn serve_insecure(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let router = router(app).layer(Extension(Transport::Insecure));
+    let listener = listener.tap_io(|tcp| no_delay(tcp));
     axum::serve(listener, router).await
 }
 
@@ -251,6 +261,7 @@ pub async fn serve_tls(
                 continue;
             }
         };
+        no_delay(&tcp);
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
