@@ -58,6 +58,24 @@ pub struct Cluster {
     binary: PathBuf,
 }
 
+/// Spawns `command`, retrying while its binary is "busy". A binary just copied (see
+/// [`Cluster::start_as`]) can be: a process forked by another thread (another test's member,
+/// an `nft` call) while the copy's file was open for writing holds that descriptor until it
+/// execs, and until then exec of the copy fails with ETXTBSY.
+fn spawn_retrying(command: &mut Command) -> std::process::Child {
+    let mut tries = 0;
+    loop {
+        match command.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("start kvstore: {e}"),
+        }
+    }
+}
+
 impl Cluster {
     pub fn start(n: usize) -> Self {
         Self::start_with(n, &[])
@@ -133,7 +151,7 @@ impl Cluster {
         if let Some(uid) = m.uid {
             std::os::unix::process::CommandExt::uid(&mut command, uid);
         }
-        let child = command
+        command
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data_dir)
@@ -158,9 +176,8 @@ impl Cluster {
             ])
             .args(&self.extra_args)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start kvstore");
+            .stderr(log);
+        let child = spawn_retrying(&mut command);
         self.members[i].child = Some(child);
         self.members[i].paused = false;
     }
