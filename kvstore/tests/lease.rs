@@ -4,7 +4,6 @@
 //! leases surviving a graceful restart (resuming from the checkpointed TTL) and a SIGKILL
 //! (resuming with the full TTL, as etcd without a checkpoint does).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,10 +41,9 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 impl Server {
     /// Starts a single member with its data in `dir`.

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,11 +14,9 @@ use tonic::transport::Channel;
 /// How long a member may take to start accepting connections.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A port nothing listens on at the moment.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
+#[path = "../support/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// One running `kvstore` member; killed (SIGKILL) and its data removed when dropped.
 pub struct Server {

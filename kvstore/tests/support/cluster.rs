@@ -18,12 +18,9 @@ pub const ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The bound on every wait for the cluster to recover: generous, for loaded machines.
 pub const RECOVERY: Duration = Duration::from_secs(30);
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// One member's process and addresses.
 pub struct Member {

@@ -8,12 +8,9 @@ use std::time::{Duration, Instant};
 
 pub const ETCDCTL: &str = "/usr/bin/etcdctl";
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// A kvstore process, killed when dropped.
 pub struct Proc(pub Child);
