@@ -12,12 +12,9 @@ use apiserver::server::App;
 use clap::Parser;
 use serde_json::Value;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "../../../kvstore/tests/support/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// A child process killed when dropped.
 pub struct Proc(pub Child);

@@ -1,4 +1,5 @@
-//! Ports for test members. Included with `#[path]` by the test support modules.
+//! Ports for test members. Included with `#[path]` by the test support modules, also those of
+//! the apiserver, kvctl and kvbench tests.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};

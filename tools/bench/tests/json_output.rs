@@ -24,12 +24,9 @@ fn kvstore_binary() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "../../../kvstore/tests/support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 /// One kvstore member, killed when dropped.
 struct Member {

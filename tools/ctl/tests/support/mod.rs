@@ -2,7 +2,6 @@
 //! the same command against each, and normalizing their output for comparison.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -27,15 +26,12 @@ impl Drop for Etcd {
     }
 }
 
-/// `n` distinct free loopback ports (all listeners are held until every port is chosen).
+#[path = "../../../../kvstore/tests/support/ports.rs"]
+mod ports;
+
+/// `n` distinct free loopback ports.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local address").port())
-        .collect()
+    (0..n).map(|_| ports::free_port()).collect()
 }
 
 impl Etcd {
