@@ -206,17 +206,20 @@ fn request_size_and_inflight_limits() {
     );
     assert_eq!(c.get("/api/v1/namespaces/default/configmaps/big").code, 404);
 
-    // A request whose body is still arriving holds the only permit: the next is 429.
+    // A request whose body is still arriving holds the only permit: the next is 429. The slow
+    // request is given a moment to take the permit first; if a probe took it instead (the slow
+    // one then got the 429 itself), try again with a new slow request.
     let addr = api.url.trim_start_matches("http://").to_string();
-    let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
-    slow.set_nodelay(true).expect("nodelay");
     let head = "POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{\"metadata\":";
-    slow.write_all(head.as_bytes()).expect("send head");
-    slow.flush().expect("flush");
-    let r = support::eventually(Duration::from_secs(5), "a 429", || {
+    let (mut slow, r) = support::eventually(Duration::from_secs(10), "a 429", || {
+        let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
+        slow.set_nodelay(true).expect("nodelay");
+        slow.write_all(head.as_bytes()).expect("send head");
+        slow.flush().expect("flush");
+        std::thread::sleep(Duration::from_millis(300));
         let r = c.get("/api/v1/namespaces/default/configmaps");
         eprintln!("inflight probe: {} {}", r.code, r.raw);
-        (r.code == 429).then_some(r)
+        (r.code == 429).then_some((slow, r))
     });
     assert_eq!(r.body["reason"], "TooManyRequests");
     // Watches are long-running and do not count against the limit.
