@@ -204,7 +204,7 @@ fn is_light(entry: &Entry) -> bool {
 
 /// Applies entries in order (on the caller's thread: see [`is_light`]); returns one response
 /// each and the new applied position.
-fn apply_blocking(
+fn apply_entries(
     store: &KvStore,
     applier: &Applier,
     member_id: NodeId,
@@ -383,10 +383,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let member_id = self.member_id;
         let membership = self.last_membership.clone();
         let (responses, last, membership) = if entries.iter().all(is_light) {
-            apply_blocking(&store, &applier, member_id, entries, membership)?
+            apply_entries(&store, &applier, member_id, entries, membership)?
         } else {
             tokio::task::spawn_blocking(move || {
-                apply_blocking(&store, &applier, member_id, entries, membership)
+                apply_entries(&store, &applier, member_id, entries, membership)
             })
             .await
             .map_err(join_err)??
@@ -565,19 +565,24 @@ mod tests {
             .collect()
     }
 
+    /// Applies `entry` alone as member 1; its responses and the new applied position.
+    fn apply_one(
+        store: &KvStore,
+        applier: &Applier,
+        entry: Entry,
+    ) -> (Vec<Response>, Option<LogId>) {
+        let (responses, last, _) =
+            apply_entries(store, applier, 1, vec![entry], StoredMembership::default())
+                .expect("applies");
+        (responses, last)
+    }
+
     #[test]
     fn a_batch_applies_each_command_as_its_own_revision() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, applier) = open(dir.path());
         let batch = Command::Batch(vec![put("a"), put("b"), put("c")]);
-        let (responses, last, _) = apply_blocking(
-            &store,
-            &applier,
-            1,
-            vec![entry(1, batch)],
-            StoredMembership::default(),
-        )
-        .expect("applies");
+        let (responses, last) = apply_one(&store, &applier, entry(1, batch));
         assert_eq!(revisions(&responses), vec![2, 3, 4]);
         assert_eq!(last.map(|l| l.index), Some(1));
         assert_eq!(store.current_revision(), 4);
@@ -598,14 +603,7 @@ mod tests {
         }
         let (store, applier) = open(dir.path());
         let batch = Command::Batch(vec![put("a"), put("b"), put("c")]);
-        let (responses, _, _) = apply_blocking(
-            &store,
-            &applier,
-            1,
-            vec![entry(1, batch)],
-            StoredMembership::default(),
-        )
-        .expect("applies");
+        let (responses, _) = apply_one(&store, &applier, entry(1, batch));
         // Only "c" is applied now: one new revision, and the skipped ones answer an error.
         assert_eq!(revisions(&responses), vec![-1, -1, 2]);
         assert_eq!(store.current_revision(), 2);
