@@ -6,6 +6,12 @@ use kvstore::config::Config;
 use kvstore::node::{serve, Node};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc's malloc: under write load glibc's allocator (arena locking,
+/// `malloc_consolidate`) took 10-16 % of a member's CPU (`perf`, 256 clients putting); see
+/// `docs/benchmarks.md`. RocksDB's own C++ allocations still use the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(format!("{level},kvstore={level}", level = config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("warn"));
