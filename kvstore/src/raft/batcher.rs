@@ -1,10 +1,11 @@
 //! Proposal batching: client writes that arrive together share one Raft log entry.
 //!
 //! openraft 0.9 appends each `client_write` on its own and waits for that append's fsync before
-//! it takes the next one (`RaftCore::append_to_log` awaits the flush), so on the leader every
-//! write cost one fsync, in series: 10,000 puts from 256 clients made 10,000 fsyncs on the
-//! leader (and about 100 on each follower, whose appends arrive in batches), and the cluster
-//! topped out near one write per fsync time whatever the concurrency.
+//! it takes the next one (`RaftCore` awaits the flush; our patch in `third_party/openraft` only
+//! lets the entry's replication run during it), so on the leader every write cost one fsync, in
+//! series: 10,000 puts from 256 clients made 10,000 fsyncs on the leader (and about 100 on each
+//! follower, whose appends arrive in batches), and the cluster topped out near one write per
+//! fsync time whatever the concurrency.
 //!
 //! The [`Batcher`] proposes at most [`MAX_IN_FLIGHT`] entries at a time. Writes that arrive
 //! while those are in flight wait in its queue and go into the next entry together (a
