@@ -23,9 +23,9 @@ use std::sync::Arc;
 use kvstore_proto::raftpb;
 use kvstore_proto::raftpb::apply_result::Result as R;
 use openraft::error::Fatal;
-use prost::Message;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::command_wire;
 use super::types::{ClientWriteError, Raft, RaftError, Request};
 use crate::apply::Command;
 
@@ -69,9 +69,7 @@ impl Batcher {
     /// Proposes `command` and waits until it is applied (on this member, the leader) or
     /// refused: what `client_write` would answer for it alone.
     pub async fn write(&self, command: Command) -> WriteResult {
-        let wire = raftpb::Command::from(command);
-        let bytes = wire.encoded_len();
-        let command = Command::try_from(wire).map_err(|_| RaftError::Fatal(Fatal::Stopped))?;
+        let bytes = command_wire::encoded_len(&command);
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             command,

@@ -6,6 +6,7 @@
 //!   ([`Response`]), the [`MemberNode`], and aliases for openraft's long generic names.
 //! - [`codec`]: byte encodings (postcard for Raft structures, protobuf for commands, big-endian
 //!   log keys).
+//! - [`command_wire`]: a command's protobuf encoding, written from a borrowed command.
 //! - [`log_store`]: [`LogStore`], the log and vote in the `raft_log` and `raft_state` column
 //!   families, with group-committed appends.
 //! - [`state_machine`]: [`StateMachine`], committed entries applied through the
@@ -33,6 +34,7 @@
 
 pub mod batcher;
 pub mod codec;
+pub mod command_wire;
 pub mod log_store;
 pub mod membership;
 pub mod network;

@@ -12,6 +12,7 @@ use kvstore_proto::raftpb;
 use serde::{Deserialize, Serialize};
 
 use super::codec::prost_bytes;
+use super::command_wire;
 use crate::apply::{Applied, Command};
 use crate::membership::Member;
 
@@ -106,13 +107,14 @@ impl std::fmt::Display for MemberNode {
 }
 
 /// The application data of a log entry: one state-machine command. On disk and on the wire it
-/// is the protobuf encoding of `raftpb::Command`.
+/// is the protobuf encoding of `raftpb::Command`, written straight from the borrowed command
+/// ([`command_wire`]: no copy of its keys and values first).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request(pub Command);
 
 impl Serialize for Request {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        prost_bytes::serialize(&raftpb::Command::from(self.0.clone()), serializer)
+        serializer.serialize_bytes(&command_wire::encode_to_vec(&self.0))
     }
 }
 
