@@ -39,6 +39,8 @@ pub const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// Responses buffered between a stream's task and gRPC; the hub's queue holds the rest.
 const OUTBOUND_BUFFER: usize = 4;
+/// Deliveries handled in one go after the first (requests and shutdown wait at most this long).
+const DRAIN_AT_ONCE: usize = 64;
 /// The watch ID of a refused create and of a stream-wide progress notification.
 const INVALID_WATCH_ID: i64 = -1;
 /// A create asking for watch ID 0 gets the next free ID of the stream.
@@ -191,7 +193,7 @@ impl Session {
                         Err(Gone)
                     }
                 },
-                delivery = self.hub.recv() => self.deliver(delivery).await,
+                delivery = self.hub.recv() => self.deliver_queued(delivery).await,
                 _ = ticker.tick() => {
                     self.progress_tick();
                     Ok(())
@@ -312,6 +314,20 @@ impl Session {
             ..WatchResponse::default()
         })
         .await
+    }
+
+    /// Handles `first` and up to [`DRAIN_AT_ONCE`] deliveries queued behind it, without a
+    /// trip through `run`'s `select!` (and its five futures) for each: a commit delivers to
+    /// many watchers of a stream at once.
+    async fn deliver_queued(&mut self, first: Delivery) -> Result<(), Gone> {
+        self.deliver(first).await?;
+        for _ in 0..DRAIN_AT_ONCE {
+            match self.hub.try_recv() {
+                Some(next) => self.deliver(next).await?,
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     /// Turns one delivery from the hub into responses.
