@@ -42,21 +42,41 @@ pub fn encoded_len(command: &Command) -> usize {
         }
         Command::Alarm(r) => message::encoded_len(field::ALARM, r),
         Command::PublishMember(a) => message::encoded_len(field::MEMBER_ATTRIBUTES, a),
-        Command::Batch(commands) => {
-            let inner = batch_len(commands);
-            key_len(field::BATCH) + encoded_len_varint(inner as u64) + inner
-        }
+        Command::Batch(commands) => field_len(field::BATCH, batch_len(commands)),
     }
 }
 
-/// `command` encoded as a `raftpb::Command`.
+/// The encoded length of a length-delimited field `tag` holding `len` bytes.
+fn field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// `command` encoded as a `raftpb::Command`. A batch's commands are sized once, for both the
+/// buffer and their length prefixes.
 pub fn encode_to_vec(command: &Command) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(encoded_len(command));
-    encode(command, &mut buf);
+    let Command::Batch(commands) = command else {
+        let mut buf = Vec::with_capacity(encoded_len(command));
+        encode(command, &mut buf);
+        return buf;
+    };
+    let lens: Vec<usize> = commands.iter().map(encoded_len).collect();
+    let inner: usize = lens
+        .iter()
+        .map(|&len| field_len(field::BATCH_COMMANDS, len))
+        .sum();
+    let mut buf = Vec::with_capacity(field_len(field::BATCH, inner));
+    encode_key(field::BATCH, WireType::LengthDelimited, &mut buf);
+    encode_varint(inner as u64, &mut buf);
+    for (command, len) in commands.iter().zip(lens) {
+        encode_key(field::BATCH_COMMANDS, WireType::LengthDelimited, &mut buf);
+        encode_varint(len as u64, &mut buf);
+        encode(command, &mut buf);
+    }
     buf
 }
 
-/// Appends `command`, encoded as a `raftpb::Command`, to `buf`.
+/// Appends `command`, encoded as a `raftpb::Command`, to `buf` (a batch only when nested,
+/// which the proto forbids; [`encode_to_vec`] encodes top-level batches).
 fn encode(command: &Command, buf: &mut Vec<u8>) {
     use encoding::message;
     match command {
@@ -87,10 +107,7 @@ fn encode(command: &Command, buf: &mut Vec<u8>) {
 fn batch_len(commands: &[Command]) -> usize {
     commands
         .iter()
-        .map(|command| {
-            let len = encoded_len(command);
-            key_len(field::BATCH_COMMANDS) + encoded_len_varint(len as u64) + len
-        })
+        .map(|command| field_len(field::BATCH_COMMANDS, encoded_len(command)))
         .sum()
 }
 
