@@ -313,6 +313,16 @@ fn txn_is_light(txn: &TxnRequest) -> bool {
             })
 }
 
+/// The wire form of [`Command::LeaseCheckpoint`]'s (lease ID, remaining TTL) pairs.
+pub(crate) fn lease_checkpoints_wire(cps: &[(i64, i64)]) -> raftpb::LeaseCheckpoints {
+    raftpb::LeaseCheckpoints {
+        checkpoints: cps
+            .iter()
+            .map(|&(id, remaining_ttl)| raftpb::LeaseCheckpoint { id, remaining_ttl })
+            .collect(),
+    }
+}
+
 /// The wire form of a command (what a Raft log entry and a forwarded write carry).
 impl From<Command> for raftpb::Command {
     fn from(command: Command) -> Self {
@@ -324,12 +334,7 @@ impl From<Command> for raftpb::Command {
             Command::Compact(r) => R::Compaction(r),
             Command::LeaseGrant(r) => R::LeaseGrant(r),
             Command::LeaseRevoke(id) => R::LeaseRevoke(id),
-            Command::LeaseCheckpoint(cps) => R::LeaseCheckpoint(raftpb::LeaseCheckpoints {
-                checkpoints: cps
-                    .into_iter()
-                    .map(|(id, remaining_ttl)| raftpb::LeaseCheckpoint { id, remaining_ttl })
-                    .collect(),
-            }),
+            Command::LeaseCheckpoint(cps) => R::LeaseCheckpoint(lease_checkpoints_wire(&cps)),
             Command::Alarm(r) => R::Alarm(r),
             Command::PublishMember(a) => R::MemberAttributes(a),
             Command::Batch(commands) => R::Batch(raftpb::CommandBatch {

@@ -6,10 +6,9 @@
 //! key and value first. The functions here produce the same bytes from a reference; the tests
 //! hold them to the generated encoder's output.
 
-use kvstore_proto::raftpb;
 use prost::encoding::{self, encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
-use crate::apply::Command;
+use crate::apply::{lease_checkpoints_wire, Command};
 
 /// Field numbers of `raftpb.Command`'s `request` oneof (`proto/kvstore/raftpb/raft.proto`).
 mod field {
@@ -38,45 +37,29 @@ pub fn encoded_len(command: &Command) -> usize {
         Command::LeaseGrant(r) => message::encoded_len(field::LEASE_GRANT, r),
         Command::LeaseRevoke(id) => encoding::int64::encoded_len(field::LEASE_REVOKE, id),
         Command::LeaseCheckpoint(cps) => {
-            message::encoded_len(field::LEASE_CHECKPOINT, &checkpoints(cps))
+            message::encoded_len(field::LEASE_CHECKPOINT, &lease_checkpoints_wire(cps))
         }
         Command::Alarm(r) => message::encoded_len(field::ALARM, r),
         Command::PublishMember(a) => message::encoded_len(field::MEMBER_ATTRIBUTES, a),
-        Command::Batch(commands) => field_len(field::BATCH, batch_len(commands)),
+        Command::Batch(commands) => SizedBatch::new(commands).encoded_len(),
     }
 }
 
-/// The encoded length of a length-delimited field `tag` holding `len` bytes.
-fn field_len(tag: u32, len: usize) -> usize {
-    key_len(tag) + encoded_len_varint(len as u64) + len
-}
-
-/// `command` encoded as a `raftpb::Command`. A batch's commands are sized once, for both the
-/// buffer and their length prefixes.
+/// `command` encoded as a `raftpb::Command`.
 pub fn encode_to_vec(command: &Command) -> Vec<u8> {
-    let Command::Batch(commands) = command else {
-        let mut buf = Vec::with_capacity(encoded_len(command));
-        encode(command, &mut buf);
+    if let Command::Batch(commands) = command {
+        // Sized once, for both the buffer and the commands' length prefixes.
+        let batch = SizedBatch::new(commands);
+        let mut buf = Vec::with_capacity(batch.encoded_len());
+        batch.encode(&mut buf);
         return buf;
-    };
-    let lens: Vec<usize> = commands.iter().map(encoded_len).collect();
-    let inner: usize = lens
-        .iter()
-        .map(|&len| field_len(field::BATCH_COMMANDS, len))
-        .sum();
-    let mut buf = Vec::with_capacity(field_len(field::BATCH, inner));
-    encode_key(field::BATCH, WireType::LengthDelimited, &mut buf);
-    encode_varint(inner as u64, &mut buf);
-    for (command, len) in commands.iter().zip(lens) {
-        encode_key(field::BATCH_COMMANDS, WireType::LengthDelimited, &mut buf);
-        encode_varint(len as u64, &mut buf);
-        encode(command, &mut buf);
     }
+    let mut buf = Vec::with_capacity(encoded_len(command));
+    encode(command, &mut buf);
     buf
 }
 
-/// Appends `command`, encoded as a `raftpb::Command`, to `buf` (a batch only when nested,
-/// which the proto forbids; [`encode_to_vec`] encodes top-level batches).
+/// Appends `command`, encoded as a `raftpb::Command`, to `buf`.
 fn encode(command: &Command, buf: &mut Vec<u8>) {
     use encoding::message;
     match command {
@@ -87,37 +70,54 @@ fn encode(command: &Command, buf: &mut Vec<u8>) {
         Command::LeaseGrant(r) => message::encode(field::LEASE_GRANT, r, buf),
         Command::LeaseRevoke(id) => encoding::int64::encode(field::LEASE_REVOKE, id, buf),
         Command::LeaseCheckpoint(cps) => {
-            message::encode(field::LEASE_CHECKPOINT, &checkpoints(cps), buf)
+            message::encode(field::LEASE_CHECKPOINT, &lease_checkpoints_wire(cps), buf)
         }
         Command::Alarm(r) => message::encode(field::ALARM, r, buf),
         Command::PublishMember(a) => message::encode(field::MEMBER_ATTRIBUTES, a, buf),
-        Command::Batch(commands) => {
-            encode_key(field::BATCH, WireType::LengthDelimited, buf);
-            encode_varint(batch_len(commands) as u64, buf);
-            for command in commands {
-                encode_key(field::BATCH_COMMANDS, WireType::LengthDelimited, buf);
-                encode_varint(encoded_len(command) as u64, buf);
-                encode(command, buf);
-            }
-        }
+        Command::Batch(commands) => SizedBatch::new(commands).encode(buf),
     }
 }
 
-/// The encoded length of a `raftpb::CommandBatch` holding `commands`.
-fn batch_len(commands: &[Command]) -> usize {
-    commands
-        .iter()
-        .map(|command| field_len(field::BATCH_COMMANDS, encoded_len(command)))
-        .sum()
+/// The encoded length of a length-delimited field `tag` holding `len` bytes.
+fn field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
-/// Lease checkpoints in their wire form (a few IDs; copying them costs nothing that matters).
-fn checkpoints(cps: &[(i64, i64)]) -> raftpb::LeaseCheckpoints {
-    raftpb::LeaseCheckpoints {
-        checkpoints: cps
+/// A batch's commands with their encoded lengths, computed once.
+struct SizedBatch<'a> {
+    commands: &'a [Command],
+    lens: Vec<usize>,
+    /// The encoded length of the `raftpb::CommandBatch`.
+    inner: usize,
+}
+
+impl<'a> SizedBatch<'a> {
+    fn new(commands: &'a [Command]) -> Self {
+        let lens: Vec<usize> = commands.iter().map(encoded_len).collect();
+        let inner = lens
             .iter()
-            .map(|&(id, remaining_ttl)| raftpb::LeaseCheckpoint { id, remaining_ttl })
-            .collect(),
+            .map(|&len| field_len(field::BATCH_COMMANDS, len))
+            .sum();
+        Self {
+            commands,
+            lens,
+            inner,
+        }
+    }
+
+    /// Its length as the `batch` field of a `raftpb::Command`.
+    fn encoded_len(&self) -> usize {
+        field_len(field::BATCH, self.inner)
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) {
+        encode_key(field::BATCH, WireType::LengthDelimited, buf);
+        encode_varint(self.inner as u64, buf);
+        for (command, &len) in self.commands.iter().zip(&self.lens) {
+            encode_key(field::BATCH_COMMANDS, WireType::LengthDelimited, buf);
+            encode_varint(len as u64, buf);
+            encode(command, buf);
+        }
     }
 }
 
@@ -128,6 +128,7 @@ mod tests {
         alarm_request::AlarmAction, request_op, AlarmRequest, CompactionRequest, Compare,
         DeleteRangeRequest, LeaseGrantRequest, PutRequest, RequestOp, TxnRequest,
     };
+    use kvstore_proto::raftpb;
     use proptest::prelude::*;
     use prost::Message;
 
