@@ -1676,11 +1676,14 @@ where
                 // through `update_local_progress` below, after its flush). Commands are run in
                 // the order the engine queued them; only a contiguous run of `Replicate`
                 // commands directly behind this append is taken early.
-                while matches!(self.engine.output.iter_commands().next(), Some(Command::Replicate { .. })) {
-                    let Some(Command::Replicate { req, target }) = self.engine.output.pop_command() else {
-                        unreachable!("the front command was just matched as Replicate");
-                    };
-                    self.send_replicate(target, req)?;
+                while let Some(next) = self.engine.output.pop_command() {
+                    match next {
+                        Command::Replicate { req, target } => self.send_replicate(target, req)?,
+                        other => {
+                            self.engine.output.postpone_command(other);
+                            break;
+                        }
+                    }
                 }
 
                 Self::wait_flushed(flushed).await?;
