@@ -7,20 +7,26 @@
 //! watchers of the same prefix (the common case: one per client of a resource type) cost one
 //! comparison per changed key, however many there are.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+
+use rustc_hash::FxHashSet;
 use std::ops::Bound;
 
 use super::watcher::WatcherKey;
 use crate::mvcc::KeyRange;
 
 /// The range watchers sharing one start key: end (`None`: no upper bound) → watchers.
-type Ends = HashMap<Option<Vec<u8>>, HashSet<WatcherKey>>;
+type Ends = HashMap<Option<Vec<u8>>, Watchers>;
+
+/// The watchers of one key or range. The outer maps hash clients' keys with std's SipHash;
+/// watcher IDs are the hub's own, so a fast hash is safe for them.
+type Watchers = FxHashSet<WatcherKey>;
 
 /// A set of watchers indexed by key and by range.
 #[derive(Debug, Default)]
 pub struct WatcherGroup {
     /// Watchers of exactly one key.
-    keys: HashMap<Vec<u8>, HashSet<WatcherKey>>,
+    keys: HashMap<Vec<u8>, Watchers>,
     /// Range watchers by start key.
     ranges: BTreeMap<Vec<u8>, Ends>,
     /// Number of watchers in the group.

@@ -17,13 +17,14 @@
 //! never calls into the store's write path, and a stream's task never holds its queue's lock
 //! while taking the hub's.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use kvstore_proto::mvccpb::Event;
 use parking_lot::Mutex;
+// Keys here are the hub's own sequential IDs, never a client's bytes: a fast hash is safe.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::group::WatcherGroup;
 use super::queue::{Delivery, QueueLimits, StreamQueue, Wakeup};
@@ -269,7 +270,7 @@ impl WatchHub {
             id,
             StreamEntry {
                 queue: Arc::clone(&queue),
-                watchers: HashSet::new(),
+                watchers: HashSet::default(),
             },
         );
         HubStream {
@@ -281,6 +282,8 @@ impl WatchHub {
 
     /// The observer: dispatches one commit to the synced watchers of its keys. Runs under the
     /// store's writer lock, so it only enqueues; a watcher whose queue is full is set aside.
+    /// A stream's deliveries are queued together, so its task wakes once and answers them in
+    /// one batch (see `server::watch`).
     fn on_commit(&self, committed: &Committed) {
         let mut guard = self.state.lock();
         let st = &mut *guard;
@@ -292,36 +295,60 @@ impl WatchHub {
         if st.synced.is_empty() {
             return;
         }
-        let mut per_watcher: HashMap<WatcherKey, Vec<Arc<Event>>> = HashMap::new();
-        for event in &committed.events {
+        // Every (watcher, event) match, sorted so each watcher's events sit together in commit
+        // order; one Arc per matched event, shared by its watchers.
+        let mut matches: Vec<(WatcherKey, usize)> = Vec::new();
+        let mut shared: Vec<Option<Arc<Event>>> = vec![None; committed.events.len()];
+        for (i, event) in committed.events.iter().enumerate() {
             let Some(kv) = event.kv.as_ref() else {
                 continue;
             };
-            let mut shared: Option<Arc<Event>> = None;
-            st.synced.for_each_matching(&kv.key, |key| {
-                let ev = shared.get_or_insert_with(|| Arc::new(event.clone()));
-                per_watcher.entry(key).or_default().push(Arc::clone(ev));
-            });
+            st.synced
+                .for_each_matching(&kv.key, |key| matches.push((key, i)));
+            if matches.last().is_some_and(|&(_, at)| at == i) {
+                shared[i] = Some(Arc::new(event.clone()));
+            }
         }
-        let mut victims = Vec::new();
-        for (key, events) in per_watcher {
+        matches.sort_unstable();
+        let mut deliveries: Vec<(StreamId, Delivery)> = Vec::new();
+        for run in matches.chunk_by(|a, b| a.0 == b.0) {
+            let key = run[0].0;
             let Some(w) = st.watchers.get(&key) else {
                 continue;
             };
-            let events: Vec<Arc<Event>> = events.into_iter().filter(|e| w.wants(e)).collect();
-            if events.is_empty() {
-                continue;
+            let events: Vec<Arc<Event>> = run
+                .iter()
+                .filter_map(|&(_, i)| shared[i].as_ref())
+                .filter(|e| w.wants(e))
+                .cloned()
+                .collect();
+            if !events.is_empty() {
+                let delivery = Delivery::Events {
+                    watcher: key,
+                    rev: committed.rev,
+                    events,
+                };
+                deliveries.push((w.stream, delivery));
             }
-            let Some(stream) = st.streams.get(&w.stream) else {
+        }
+        // A stream's deliveries are queued together.
+        deliveries.sort_unstable_by_key(|(stream, _)| *stream);
+        let mut per_stream: Vec<(StreamId, Vec<Delivery>)> = Vec::new();
+        for (stream, delivery) in deliveries {
+            match per_stream.last_mut() {
+                Some((last, batch)) if *last == stream => batch.push(delivery),
+                _ => per_stream.push((stream, vec![delivery])),
+            }
+        }
+        let mut victims = Vec::new();
+        for (stream, deliveries) in per_stream {
+            let Some(stream) = st.streams.get(&stream) else {
                 continue;
             };
-            let delivery = Delivery::Events {
-                watcher: key,
-                rev: committed.rev,
-                events,
-            };
-            if stream.queue.try_push(delivery).is_err() {
-                victims.push(key);
+            for refused in stream.queue.try_push_all(deliveries) {
+                if let Delivery::Events { watcher, .. } = refused {
+                    victims.push(watcher);
+                }
             }
         }
         if !victims.is_empty() {

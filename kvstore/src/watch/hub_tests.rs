@@ -118,6 +118,51 @@ async fn hub_dispatches_each_commit_to_the_watchers_of_its_keys() {
 }
 
 #[tokio::test]
+async fn a_commit_reaches_each_watcher_once_with_its_events_in_order() {
+    let f = fixture(HubConfig::default());
+    let a = f.hub.open_stream();
+    let b = f.hub.open_stream();
+    let all = a.watch(spec(prefix("/a/"), 0)).key;
+    let two = a.watch(spec(KeyRange::Single(b"/a/2".to_vec()), 0)).key;
+    let also = b.watch(spec(prefix("/a/"), 0)).key;
+    for key in ["/a/1", "/a/2", "/a/3"] {
+        put(&f.store, key, "x");
+    }
+    while a.try_recv().is_some() || b.try_recv().is_some() {}
+
+    // One commit with three events: a delete of the whole prefix.
+    let (resp, _) = f
+        .store
+        .delete_range(&DeleteRangeRequest {
+            key: b"/a/".to_vec(),
+            range_end: b"/a0".to_vec(),
+            ..DeleteRangeRequest::default()
+        })
+        .expect("delete");
+    let rev = resp.header.expect("header").revision;
+    let in_order = |w| {
+        ["/a/1", "/a/2", "/a/3"]
+            .iter()
+            .map(|k| (w, k.to_string(), rev))
+            .collect::<Vec<_>>()
+    };
+    let mut from_a: Vec<Vec<_>> = std::iter::from_fn(|| a.try_recv())
+        .map(|d| events_of(&d))
+        .collect();
+    from_a.sort();
+    let mut want_a = vec![in_order(all), vec![(two, "/a/2".to_string(), rev)]];
+    want_a.sort();
+    assert_eq!(
+        from_a, want_a,
+        "one delivery per watcher, events in commit order"
+    );
+    let from_b: Vec<Vec<_>> = std::iter::from_fn(|| b.try_recv())
+        .map(|d| events_of(&d))
+        .collect();
+    assert_eq!(from_b, vec![in_order(also)]);
+}
+
+#[tokio::test]
 async fn hub_applies_filters_and_future_start_revisions() {
     let f = fixture(HubConfig::default());
     let stream = f.hub.open_stream();

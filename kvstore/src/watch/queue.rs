@@ -134,8 +134,34 @@ impl StreamQueue {
 
     /// Queues `delivery` if it fits; gives it back if not. Never waits.
     pub fn try_push(&self, delivery: Delivery) -> Result<(), Delivery> {
-        let cost = delivery.cost();
+        let admitted = self.admit(&mut self.inner.lock(), delivery);
+        if admitted.is_ok() {
+            self.ready.notify_one();
+        }
+        admitted
+    }
+
+    /// Queues each of `deliveries` that fits, in order, under one lock and with one wake-up of
+    /// the stream's task (a commit's deliveries to the watchers of one stream arrive together,
+    /// so the task handles them in one turn). Returns those that did not fit. Never waits.
+    pub fn try_push_all(&self, deliveries: Vec<Delivery>) -> Vec<Delivery> {
         let mut inner = self.inner.lock();
+        let count = deliveries.len();
+        let refused: Vec<Delivery> = deliveries
+            .into_iter()
+            .filter_map(|delivery| self.admit(&mut inner, delivery).err())
+            .collect();
+        drop(inner);
+        if refused.len() < count {
+            self.ready.notify_one();
+        }
+        refused
+    }
+
+    /// Adds `delivery` to the locked queue if it fits (anything fits an empty queue); gives it
+    /// back and remembers the refusal if not.
+    fn admit(&self, inner: &mut Inner, delivery: Delivery) -> Result<(), Delivery> {
+        let cost = delivery.cost();
         let full = inner.items.len() >= self.limits.messages.max(1)
             || inner.bytes + cost > self.limits.bytes;
         if full && !inner.items.is_empty() {
@@ -144,8 +170,6 @@ impl StreamQueue {
         }
         inner.items.push_back(delivery);
         inner.bytes += cost;
-        drop(inner);
-        self.ready.notify_one();
         Ok(())
     }
 
@@ -244,6 +268,34 @@ mod tests {
             "drained to half after a refusal: hub woken"
         );
         assert!(q.has_room());
+    }
+
+    #[test]
+    fn push_all_queues_what_fits_in_order_and_returns_the_rest() {
+        let hub = Arc::new(Wakeup::default());
+        let q = StreamQueue::new(
+            QueueLimits {
+                messages: 3,
+                bytes: 1 << 20,
+            },
+            hub,
+        );
+        let numbered = |w| match events(1, 10) {
+            Delivery::Events { rev, events, .. } => Delivery::Events {
+                watcher: w,
+                rev,
+                events,
+            },
+            other => other,
+        };
+        let refused = q.try_push_all((1..=5).map(numbered).collect());
+        assert_eq!(refused, vec![numbered(4), numbered(5)]);
+        let queued: Vec<Delivery> = std::iter::from_fn(|| q.try_pop()).collect();
+        assert_eq!(queued, vec![numbered(1), numbered(2), numbered(3)]);
+        assert!(
+            q.try_push_all(vec![numbered(6)]).is_empty(),
+            "room again once drained"
+        );
     }
 
     #[test]
