@@ -3,7 +3,9 @@
 //! - [`Peers`] holds one lazily connected gRPC [`Channel`] per peer, shared by everything that
 //!   talks to that peer: the replication stream, elections, read-index heartbeats, forwarded
 //!   writes and read indexes ([`RaftProposer`](super::proposer::RaftProposer)). A channel
-//!   connects on first use and reconnects by itself after the connection breaks.
+//!   connects on first use and reconnects by itself after the connection breaks. AppendEntries
+//!   alone goes over a second connection per peer, a raw HTTP/2 [`PeerLink`], which writes a
+//!   request in one go where the channel needs two writes (see [`super::peer_link`]).
 //! - [`PeerNetwork`] is openraft's [`RaftNetworkFactory`]; the [`PeerConnection`]s it hands
 //!   out are cheap (a cached channel and the target's address) because openraft asks for one
 //!   per election and per read index, not only per replication stream.
@@ -58,6 +60,8 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use super::peer_link::PeerLink;
+
 use super::codec;
 use super::types::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -74,6 +78,9 @@ type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, MemberNode, Ra
 
 /// Metadata key: the member ID a peer request is meant for (hex).
 pub const TO_MEMBER_HEADER: &str = "kvstore-to-member";
+
+/// The gRPC path of the peer service's AppendEntries (`raftpb.Raft`).
+const APPEND_ENTRIES_PATH: &str = "/raftpb.Raft/AppendEntries";
 
 /// How this member connects to its peers.
 #[derive(Clone, Debug)]
@@ -166,6 +173,9 @@ pub struct Peer {
     url: String,
     /// The lazily connected channel; `Err` with the reason when the URL is unusable.
     channel: Result<Channel, String>,
+    /// The raw HTTP/2 link that carries AppendEntries ([`super::peer_link`]); `None` when the
+    /// URL is unusable.
+    link: Option<PeerLink>,
     /// Back-off bounds, from [`PeerOptions`].
     backoff: (Duration, Duration),
     /// Recent failures; locked only briefly, never across an await.
@@ -205,10 +215,12 @@ impl Peer {
         if let Err(cause) = &channel {
             tracing::error!(peer = %id, %cause, "peer cannot be reached");
         }
+        let link = PeerLink::new(url, options.connect_timeout, MAX_PEER_MESSAGE_BYTES);
         Self {
             id,
             url: url.to_owned(),
             channel,
+            link,
             backoff: (options.backoff_min, options.backoff_max),
             health: Mutex::new(Health::default()),
         }
@@ -223,6 +235,27 @@ impl Peer {
         if let Ok(to) = format!("{:x}", self.id).parse() {
             request.metadata_mut().insert(TO_MEMBER_HEADER, to);
         }
+    }
+
+    /// Sends an AppendEntries over the peer's [`PeerLink`].
+    async fn append_entries(
+        &self,
+        message: RaftMessage,
+        ttl: Duration,
+    ) -> Result<RaftMessage, tonic::Status> {
+        let link = self.link.as_ref().ok_or_else(|| {
+            tonic::Status::unavailable(format!("invalid peer URL {:?}", self.url))
+        })?;
+        let to = format!("{:x}", self.id)
+            .parse()
+            .map_err(|_| tonic::Status::internal("member ID header"))?;
+        link.unary(
+            APPEND_ENTRIES_PATH,
+            &message,
+            &[(TO_MEMBER_HEADER, to)],
+            ttl,
+        )
+        .await
     }
 
     /// The peer's URL.
@@ -433,19 +466,28 @@ impl PeerConnection {
         let attempt = self.peer.attempt(ttl);
         let sent = async {
             match rpc {
-                Rpc::AppendEntries => client.append_entries(request).await,
-                Rpc::Vote => client.vote(request).await,
-                Rpc::InstallSnapshot => client.install_snapshot(request).await,
+                Rpc::AppendEntries => {
+                    let message = request.into_inner();
+                    self.peer.append_entries(message, ttl).await
+                }
+                Rpc::Vote => client.vote(request).await.map(tonic::Response::into_inner),
+                Rpc::InstallSnapshot => client
+                    .install_snapshot(request)
+                    .await
+                    .map(tonic::Response::into_inner),
             }
         };
         // The gRPC deadline only starts once connected; this one covers connecting too.
         let result = tokio::time::timeout(ttl, sent).await;
         attempt.finish();
         let reply = match result {
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Ok(reply)) => reply,
             Ok(Err(status)) => return Err(self.transport_error(rpc, ttl, status)),
             Err(_) => {
                 self.peer.timed_out();
+                if let (Rpc::AppendEntries, Some(link)) = (rpc, self.peer.link.as_ref()) {
+                    link.reset().await;
+                }
                 return Err(self.timeout(rpc, ttl));
             }
         };
