@@ -4,8 +4,8 @@
 //!   talks to that peer: the replication stream, elections, read-index heartbeats, forwarded
 //!   writes and read indexes ([`RaftProposer`](super::proposer::RaftProposer)). A channel
 //!   connects on first use and reconnects by itself after the connection breaks. AppendEntries
-//!   alone goes over a second connection per peer, a raw HTTP/2 [`PeerLink`], which writes a
-//!   request in one go where the channel needs two writes (see [`super::peer_link`]).
+//!   and forwarded writes go over a second connection per peer, a raw HTTP/2 [`PeerLink`],
+//!   which writes a request in one go where the channel needs two (see [`super::peer_link`]).
 //! - [`PeerNetwork`] is openraft's [`RaftNetworkFactory`]; the [`PeerConnection`]s it hands
 //!   out are cheap (a cached channel and the target's address) because openraft asks for one
 //!   per election and per read index, not only per replication stream.
@@ -81,6 +81,8 @@ pub const TO_MEMBER_HEADER: &str = "kvstore-to-member";
 
 /// The gRPC path of the peer service's AppendEntries (`raftpb.Raft`).
 const APPEND_ENTRIES_PATH: &str = "/raftpb.Raft/AppendEntries";
+/// The gRPC path of the peer service's Forward.
+pub const FORWARD_PATH: &str = "/raftpb.Raft/Forward";
 
 /// How this member connects to its peers.
 #[derive(Clone, Debug)]
@@ -237,25 +239,22 @@ impl Peer {
         }
     }
 
-    /// Sends an AppendEntries over the peer's [`PeerLink`].
-    async fn append_entries(
+    /// Calls a method of the peer service over the peer's [`PeerLink`] (AppendEntries and
+    /// forwarded writes: the calls on the write path).
+    pub async fn link_call<Req: prost::Message, Resp: prost::Message + Default>(
         &self,
-        message: RaftMessage,
+        path: &str,
+        message: &Req,
         ttl: Duration,
-    ) -> Result<RaftMessage, tonic::Status> {
+    ) -> Result<Resp, tonic::Status> {
         let link = self.link.as_ref().ok_or_else(|| {
             tonic::Status::unavailable(format!("invalid peer URL {:?}", self.url))
         })?;
         let to = format!("{:x}", self.id)
             .parse()
             .map_err(|_| tonic::Status::internal("member ID header"))?;
-        link.unary(
-            APPEND_ENTRIES_PATH,
-            &message,
-            &[(TO_MEMBER_HEADER, to)],
-            ttl,
-        )
-        .await
+        link.unary(path, message, &[(TO_MEMBER_HEADER, to)], ttl)
+            .await
     }
 
     /// The peer's URL.
@@ -468,7 +467,9 @@ impl PeerConnection {
             match rpc {
                 Rpc::AppendEntries => {
                     let message = request.into_inner();
-                    self.peer.append_entries(message, ttl).await
+                    self.peer
+                        .link_call(APPEND_ENTRIES_PATH, &message, ttl)
+                        .await
                 }
                 Rpc::Vote => client.vote(request).await.map(tonic::Response::into_inner),
                 Rpc::InstallSnapshot => client

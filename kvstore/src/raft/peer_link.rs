@@ -1,5 +1,6 @@
-//! A unary gRPC call to a peer over a raw HTTP/2 connection, for the replication path
-//! (AppendEntries): the request's HEADERS and DATA frames leave in one write.
+//! A unary gRPC call to a peer over a raw HTTP/2 connection, for the calls on the write path
+//! (AppendEntries, and writes a follower forwards to the leader): the request's HEADERS and
+//! DATA frames leave in one write.
 //!
 //! # Why not the tonic channel
 //! Through tonic's [`Channel`](tonic::transport::Channel) a unary request passes the channel's
@@ -165,8 +166,8 @@ impl PeerLink {
         }
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
             .await
-            .map_err(|_| Status::unavailable("tcp connect timed out"))?
-            .map_err(|e| Status::unavailable(format!("tcp connect error: {e}")))?;
+            .map_err(|_| connect_failed("tcp connect timed out".into()))?
+            .map_err(|e| connect_failed(format!("tcp connect error: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let (sender, connection) = h2::client::Builder::new()
             .initial_window_size(RECEIVE_WINDOW)
@@ -183,6 +184,19 @@ impl PeerLink {
         *conn = Some(sender.clone());
         Ok(sender)
     }
+}
+
+/// The peer could not be connected to, so nothing was sent: the source of such a `Status`
+/// (tonic's channel marks it with its `ConnectError` the same way).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectFailed(String);
+
+/// `Unavailable` with a [`ConnectFailed`] source.
+fn connect_failed(message: String) -> Status {
+    let mut status = Status::unavailable(message.clone());
+    status.set_source(std::sync::Arc::new(ConnectFailed(message)));
+    status
 }
 
 /// A transport failure: the connection is unusable (tonic's channel says `Unavailable` too).
@@ -342,6 +356,8 @@ mod tests {
             .await
             .expect_err("nobody listens");
         assert_eq!(err.code(), Code::Unavailable);
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(source.is::<ConnectFailed>(), "marked as never sent");
         assert!(PeerLink::new("https://x:1", Duration::from_secs(1), 1).is_none());
         assert!(PeerLink::new("unix:///x", Duration::from_secs(1), 1).is_none());
     }

@@ -34,7 +34,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvstore_proto::raftpb::{self, ForwardRequest, ReadIndexRequest};
+use kvstore_proto::raftpb::{self, ForwardRequest, ForwardResponse, ReadIndexRequest};
 use openraft::error::{ClientWriteError, Fatal, RaftError};
 use openraft::RaftMetrics;
 use tokio::sync::{oneshot, watch};
@@ -42,7 +42,8 @@ use tokio::time::{timeout_at, Instant};
 use tonic::Code;
 
 use super::batcher::Batcher;
-use super::network::Peers;
+use super::network::{Peers, FORWARD_PATH};
+use super::peer_link::ConnectFailed;
 use super::read_index::{leader_read_index, ReadIndexBatch, ReadIndexError};
 use super::types::{MemberNode, NodeId, Raft};
 use crate::apply::{Applied, Command, Proposer};
@@ -204,21 +205,19 @@ impl RaftProposer {
         deadline: Instant,
     ) -> Forwarded {
         let peer = self.peers.peer(leader, node);
-        let mut client = match peer.client() {
-            Ok(client) => client,
-            Err(unreachable) => return Forwarded::NotSent(unreachable.to_string()),
-        };
-        let mut request = tonic::Request::new(ForwardRequest {
+        if let Err(unreachable) = peer.client() {
+            return Forwarded::NotSent(unreachable.to_string());
+        }
+        let request = ForwardRequest {
             command: Some(raftpb::Command::from(command.clone())),
-        });
-        peer.stamp(&mut request);
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        };
+        let timeout = deadline.saturating_duration_since(Instant::now());
         // A leader that stops answering (paused, partitioned) would hold the write until the
         // deadline; once another leader is known the old one's term is over, and the write
         // either committed before it ended or never will. Which one is unknown: etcd answers
         // "leader changed" then too (its proposals wait on `leaderChanged`).
         let sent = tokio::select! {
-            sent = client.forward(request) => sent,
+            sent = peer.link_call::<_, ForwardResponse>(FORWARD_PATH, &request, timeout) => sent,
             () = self.leader_other_than(leader) => {
                 tracing::debug!(%leader, "leader replaced while a forwarded write was in flight");
                 return Forwarded::Unknown(leader_changed());
@@ -227,7 +226,7 @@ impl RaftProposer {
         match sent {
             Ok(response) => {
                 peer.succeeded();
-                match response.into_inner().result {
+                match response.result {
                     Some(result) if is_not_leader(&result) => Forwarded::NotSent(NOT_LEADER.into()),
                     Some(result) => Forwarded::Applied(result),
                     None => Forwarded::Unknown(Error::Internal(
@@ -469,7 +468,7 @@ fn is_not_leader(result: &raftpb::ApplyResult) -> bool {
 fn is_connect_error(status: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(err) = source {
-        if err.is::<tonic::ConnectError>() {
+        if err.is::<tonic::ConnectError>() || err.is::<ConnectFailed>() {
             return true;
         }
         source = err.source();
