@@ -313,6 +313,11 @@ impl Peer {
         }
         let delay = backoff_delay(self.backoff.0, self.backoff.1, health.failures);
         health.retry_at = Some(Instant::now() + delay);
+        // A peer deemed unreachable gets a fresh link when it is tried again: its connection
+        // may be one a cut network left half-open. (One slow reply is no reason to drop it.)
+        if let Some(link) = &self.link {
+            link.mark_stale();
+        }
         if !health.down {
             health.down = true;
             tracing::warn!(peer = %self.id, url = %self.url, %cause, "peer unreachable; backing off");
@@ -486,9 +491,6 @@ impl PeerConnection {
             Ok(Err(status)) => return Err(self.transport_error(rpc, ttl, status)),
             Err(_) => {
                 self.peer.timed_out();
-                if let (Rpc::AppendEntries, Some(link)) = (rpc, self.peer.link.as_ref()) {
-                    link.reset().await;
-                }
                 return Err(self.timeout(rpc, ttl));
             }
         };
@@ -610,8 +612,11 @@ mod tests {
         };
         let peer = Peer::new(2, "http://127.0.0.1:1", &options);
         assert!(peer.client().is_ok());
+        let link = peer.link.as_ref().expect("a link");
+        assert!(!link.is_stale());
         peer.failed(&"connection refused");
         assert!(peer.client().is_err(), "inside the back-off window");
+        assert!(link.is_stale(), "its next call starts a fresh connection");
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(peer.client().is_ok(), "the window is over");
         peer.failed(&"connection refused");

@@ -21,6 +21,7 @@
 //! (`Unavailable` for a refused or broken connection), so the caller maps failures to openraft's
 //! error kinds in one place for both transports.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -50,6 +51,8 @@ pub struct PeerLink {
     /// The open connection, if any. Locked across a connect so that concurrent callers share
     /// one connection; otherwise held only to clone the handle.
     conn: tokio::sync::Mutex<Option<SendRequest<Bytes>>>,
+    /// Set by [`PeerLink::mark_stale`]: the next call drops the connection first.
+    stale: AtomicBool,
 }
 
 impl PeerLink {
@@ -68,6 +71,7 @@ impl PeerLink {
             connect_timeout,
             max_reply_bytes,
             conn: tokio::sync::Mutex::new(None),
+            stale: AtomicBool::new(false),
         })
     }
 
@@ -112,10 +116,21 @@ impl PeerLink {
         decode_message(&reply?)
     }
 
-    /// Drops the connection (after a timeout: the next call starts a fresh one rather than
-    /// queue behind a stalled one).
-    pub async fn reset(&self) {
+    /// Drops the connection at once.
+    async fn reset(&self) {
         self.conn.lock().await.take();
+    }
+
+    /// True if the next call will start a fresh connection.
+    #[cfg(test)]
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Makes the next call start a fresh connection (for a peer that stopped answering: its
+    /// connection may be half-open after a network cut, and TCP would take minutes to say so).
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
     }
 
     /// Sends one request with its whole body and returns the reply's body, after checking
@@ -161,6 +176,9 @@ impl PeerLink {
     /// The open connection, connecting first if there is none (or it has closed).
     async fn connection(&self) -> Result<SendRequest<Bytes>, Status> {
         let mut conn = self.conn.lock().await;
+        if self.stale.swap(false, Ordering::Relaxed) {
+            conn.take();
+        }
         if let Some(sender) = conn.as_ref() {
             return Ok(sender.clone());
         }
@@ -267,14 +285,45 @@ fn decode_message<Resp: Message + Default>(data: &[u8]) -> Result<Resp, Status> 
 mod tests {
     use super::*;
     use kvstore_proto::raftpb::RaftMessage;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
     use tokio::net::TcpListener;
 
-    /// A gRPC server of one method on a raw HTTP/2 connection: answers each request's
-    /// `RaftMessage` with its data reversed, then closes the connection (as a restarting peer
-    /// would). Returns the URL and how many connections it has accepted.
-    async fn one_call_per_connection_server() -> (String, Arc<AtomicUsize>) {
+    /// Answers one request of the test server: its `RaftMessage` with the data reversed. The
+    /// body is read without polling the connection, which works because the link sends
+    /// HEADERS and DATA together.
+    async fn answer(
+        req: http::Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+    ) {
+        assert_eq!(req.uri().path(), "/raftpb.Raft/AppendEntries");
+        assert_eq!(req.headers()["kvstore-to-member"], "2a");
+        let mut body = req.into_body();
+        let mut data = Vec::new();
+        while let Some(chunk) = body.data().await {
+            data.extend_from_slice(&chunk.expect("chunk"));
+        }
+        let mut msg: RaftMessage = decode_message(&data).expect("request");
+        msg.data.reverse();
+        let reply = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("reply");
+        let mut send = respond.send_response(reply, false).expect("headers");
+        let mut framed = vec![0];
+        framed.extend((msg.encoded_len() as u32).to_be_bytes());
+        framed.extend(msg.encode_to_vec());
+        send.send_data(framed.into(), false).expect("data");
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        send.send_trailers(trailers).expect("trailers");
+    }
+
+    /// A gRPC server of one method on raw HTTP/2 connections. With `one_call` it closes each
+    /// connection after one answer (as a restarting peer would). Returns the URL and how many
+    /// connections it has accepted.
+    async fn test_server(one_call: bool) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -282,59 +331,68 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                let mut conn = h2::server::handshake(tcp).await.expect("handshake");
-                let Some(Ok((req, mut respond))) = conn.accept().await else {
-                    continue;
-                };
-                assert_eq!(req.uri().path(), "/raftpb.Raft/AppendEntries");
-                assert_eq!(req.headers()["kvstore-to-member"], "2a");
-                let mut body = req.into_body();
-                let mut data = Vec::new();
-                while let Some(chunk) = body.data().await {
-                    data.extend_from_slice(&chunk.expect("chunk"));
-                }
-                let mut msg: RaftMessage = decode_message(&data).expect("request");
-                msg.data.reverse();
-                let reply = http::Response::builder()
-                    .status(200)
-                    .header("content-type", "application/grpc")
-                    .body(())
-                    .expect("reply");
-                let mut send = respond.send_response(reply, false).expect("headers");
-                let mut framed = vec![0];
-                framed.extend((msg.encoded_len() as u32).to_be_bytes());
-                framed.extend(msg.encode_to_vec());
-                send.send_data(framed.into(), false).expect("data");
-                let mut trailers = HeaderMap::new();
-                trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                send.send_trailers(trailers).expect("trailers");
-                // Serve until the reply is out, then drop the connection.
-                let _ = tokio::time::timeout(Duration::from_millis(200), async {
-                    while conn.accept().await.is_some() {}
-                })
-                .await;
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.expect("handshake");
+                    if one_call {
+                        if let Some(Ok((req, respond))) = conn.accept().await {
+                            answer(req, respond).await;
+                        }
+                        // Serve until the reply is out, then drop the connection.
+                        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                            while conn.accept().await.is_some() {}
+                        })
+                        .await;
+                    } else {
+                        while let Some(Ok((req, respond))) = conn.accept().await {
+                            answer(req, respond).await;
+                        }
+                    }
+                });
             }
         });
         (url, accepted)
     }
 
+    async fn call(link: &PeerLink) -> RaftMessage {
+        link.unary(
+            "/raftpb.Raft/AppendEntries",
+            &RaftMessage {
+                data: b"abc".to_vec(),
+            },
+            &[("kvstore-to-member", HeaderValue::from_static("2a"))],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("the call succeeds, on a fresh connection if need be")
+    }
+
+    #[tokio::test]
+    async fn a_link_reuses_its_connection_until_marked_stale() {
+        let (url, accepted) = test_server(false).await;
+        let link = PeerLink::new(&url, Duration::from_secs(1), 1 << 20).expect("valid URL");
+        for _ in 0..3 {
+            assert_eq!(call(&link).await.data, b"cba");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection for all calls"
+        );
+        link.mark_stale();
+        assert_eq!(call(&link).await.data, b"cba");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "a fresh one after mark_stale"
+        );
+    }
+
     #[tokio::test]
     async fn a_link_calls_and_reconnects_after_the_peer_closed_its_connection() {
-        let (url, accepted) = one_call_per_connection_server().await;
+        let (url, accepted) = test_server(true).await;
         let link = PeerLink::new(&url, Duration::from_secs(1), 1 << 20).expect("valid URL");
         for round in 1..=3 {
-            let reply: RaftMessage = link
-                .unary(
-                    "/raftpb.Raft/AppendEntries",
-                    &RaftMessage {
-                        data: b"abc".to_vec(),
-                    },
-                    &[("kvstore-to-member", HeaderValue::from_static("2a"))],
-                    Duration::from_secs(5),
-                )
-                .await
-                .expect("the call succeeds, on a fresh connection if need be");
-            assert_eq!(reply.data, b"cba");
+            assert_eq!(call(&link).await.data, b"cba");
             assert_eq!(accepted.load(Ordering::SeqCst), round);
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
