@@ -199,7 +199,10 @@ impl Session {
                 _ = shutdown.cancelled() => Err(Gone),
                 _ = self.out.closed() => Err(Gone),
                 req = inbound.message(), if inbound_open => match req {
-                    Ok(Some(req)) => self.handle(req).await,
+                    Ok(Some(req)) => {
+                        self.handle(req);
+                        Ok(())
+                    }
                     Ok(None) => {
                         // etcd keeps serving a stream whose client closed its sending side.
                         inbound_open = false;
@@ -250,8 +253,8 @@ impl Session {
         self.out.send(batch).await.map_err(|_| Gone)
     }
 
-    /// Handles one client request.
-    async fn handle(&mut self, req: WatchRequest) -> Result<(), Gone> {
+    /// Handles one client request; its answer goes out with the step's batch.
+    fn handle(&mut self, req: WatchRequest) {
         self.step_header = self.node.header(0);
         match req.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create),
@@ -259,7 +262,6 @@ impl Session {
             Some(RequestUnion::ProgressRequest(_)) => self.hub.request_progress_all(),
             None => {}
         }
-        Ok(())
     }
 
     /// Answers a create that etcd refuses: created and cancelled at once, watch ID -1.
