@@ -46,6 +46,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use kvstore_proto::raftpb::raft_client::RaftClient;
 use kvstore_proto::raftpb::RaftMessage;
 use openraft::error::{
@@ -175,6 +176,8 @@ pub struct Peer {
     url: String,
     /// The lazily connected channel; `Err` with the reason when the URL is unusable.
     channel: Result<Channel, String>,
+    /// This peer's member ID in hex, the value of [`TO_MEMBER_HEADER`] on every request to it.
+    to_member: HeaderValue,
     /// The raw HTTP/2 link that carries AppendEntries ([`super::peer_link`]); `None` when the
     /// URL is unusable.
     link: Option<PeerLink>,
@@ -218,8 +221,11 @@ impl Peer {
             tracing::error!(peer = %id, %cause, "peer cannot be reached");
         }
         let link = PeerLink::new(url, options.connect_timeout, MAX_PEER_MESSAGE_BYTES);
+        let to_member = HeaderValue::from_str(&format!("{id:x}"))
+            .expect("invariant: hex digits are a valid header value");
         Self {
             id,
+            to_member,
             url: url.to_owned(),
             channel,
             link,
@@ -234,7 +240,7 @@ impl Peer {
     /// cluster token, so this also catches a member started with the wrong
     /// `--initial-cluster-token`.
     pub fn stamp<T>(&self, request: &mut tonic::Request<T>) {
-        if let Ok(to) = format!("{:x}", self.id).parse() {
+        if let Ok(to) = tonic::metadata::MetadataValue::try_from(self.to_member.as_bytes()) {
             request.metadata_mut().insert(TO_MEMBER_HEADER, to);
         }
     }
@@ -250,9 +256,7 @@ impl Peer {
         let link = self.link.as_ref().ok_or_else(|| {
             tonic::Status::unavailable(format!("invalid peer URL {:?}", self.url))
         })?;
-        let to = format!("{:x}", self.id)
-            .parse()
-            .map_err(|_| tonic::Status::internal("member ID header"))?;
+        let to = self.to_member.clone();
         link.unary(path, message, &[(TO_MEMBER_HEADER, to)], ttl)
             .await
     }
@@ -262,13 +266,22 @@ impl Peer {
         &self.url
     }
 
-    /// A gRPC client of the peer service on this peer, if it may be tried now: not while its
-    /// back-off after a failure lasts (then [`Unreachable`], without touching the network).
+    /// A gRPC client of the peer service on this peer, if it may be tried now (see
+    /// [`Peer::admit`]).
     pub fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
         let channel = self
             .channel
             .as_ref()
             .map_err(|cause| Unreachable::from(AnyError::error(cause)))?;
+        self.admit()?;
+        Ok(RaftClient::new(channel.clone())
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+    }
+
+    /// Whether the peer may be tried now: not while its back-off after a failure lasts (then
+    /// [`Unreachable`], without touching the network).
+    pub fn admit(&self) -> Result<(), Unreachable> {
         if let Some(retry_at) = self.health.lock().retry_at {
             let now = Instant::now();
             if now < retry_at {
@@ -280,9 +293,7 @@ impl Peer {
                 ))));
             }
         }
-        Ok(RaftClient::new(channel.clone())
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+        Ok(())
     }
 
     /// Records that an RPC got through (whatever the peer answered).

@@ -205,7 +205,7 @@ impl RaftProposer {
         deadline: Instant,
     ) -> Forwarded {
         let peer = self.peers.peer(leader, node);
-        if let Err(unreachable) = peer.client() {
+        if let Err(unreachable) = peer.admit() {
             return Forwarded::NotSent(unreachable.to_string());
         }
         let request = ForwardRequest {
