@@ -245,16 +245,16 @@ mod tests {
         }
     }
 
+    /// A queue with these bounds, and the hub wake-up it signals.
+    fn queue(messages: usize, bytes: usize) -> (StreamQueue, Arc<Wakeup>) {
+        let hub = Arc::new(Wakeup::default());
+        let q = StreamQueue::new(QueueLimits { messages, bytes }, Arc::clone(&hub));
+        (q, hub)
+    }
+
     #[test]
     fn queue_refuses_past_its_bounds_and_wakes_the_hub_when_drained() {
-        let hub = Arc::new(Wakeup::default());
-        let q = StreamQueue::new(
-            QueueLimits {
-                messages: 4,
-                bytes: 1 << 20,
-            },
-            Arc::clone(&hub),
-        );
+        let (q, hub) = queue(4, 1 << 20);
         for _ in 0..4 {
             assert!(q.try_push(events(1, 10)).is_ok());
         }
@@ -272,14 +272,7 @@ mod tests {
 
     #[test]
     fn push_all_queues_what_fits_in_order_and_returns_the_rest() {
-        let hub = Arc::new(Wakeup::default());
-        let q = StreamQueue::new(
-            QueueLimits {
-                messages: 3,
-                bytes: 1 << 20,
-            },
-            hub,
-        );
+        let (q, _hub) = queue(3, 1 << 20);
         let numbered = |w| match events(1, 10) {
             Delivery::Events { rev, events, .. } => Delivery::Events {
                 watcher: w,
@@ -300,14 +293,7 @@ mod tests {
 
     #[test]
     fn queue_lets_one_oversized_delivery_into_an_empty_queue() {
-        let hub = Arc::new(Wakeup::default());
-        let q = StreamQueue::new(
-            QueueLimits {
-                messages: 8,
-                bytes: 1000,
-            },
-            hub,
-        );
+        let (q, _hub) = queue(8, 1000);
         assert!(
             q.try_push(events(4, 1000)).is_ok(),
             "empty queue accepts anything"
