@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use kvstore_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
-    ResponseHeader,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, ResponseHeader,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
@@ -33,8 +32,12 @@ use crate::raft::types::{MemberNode, Raft};
 use crate::server::authority::AuthorityFix;
 use crate::server::peer::PeerService;
 use crate::server::{
-    auth::AuthService, cluster::ClusterService, kv::KvService, lease::LeaseService,
-    maintenance::MaintenanceService, watch::WatchService,
+    auth::AuthService,
+    cluster::ClusterService,
+    kv::KvService,
+    lease::LeaseService,
+    maintenance::MaintenanceService,
+    watch::{WatchServer, WatchService},
 };
 use crate::watch::WatchHub;
 use crate::Error;
@@ -307,10 +310,10 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
             .add_service(
                 KvServer::new(KvService::new(Arc::clone(&node))).max_decoding_message_size(max_msg),
             )
-            .add_service(
-                WatchServer::new(WatchService::new(Arc::clone(&node)))
-                    .max_decoding_message_size(max_msg),
-            )
+            .add_service(WatchServer::new(
+                WatchService::new(Arc::clone(&node)),
+                max_msg,
+            ))
             .add_service(LeaseServer::new(LeaseService::new(Arc::clone(&node))))
             .add_service(ClusterServer::new(ClusterService::new(Arc::clone(&node))))
             .add_service(MaintenanceServer::new(MaintenanceService::new(Arc::clone(

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use kvstore_proto::mvccpb::Event;
+use super::event::SharedEvent;
 use parking_lot::Mutex;
 // Keys here are the hub's own sequential IDs, never a client's bytes: a fast hash is safe.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -298,7 +298,7 @@ impl WatchHub {
         // Every (watcher, event) match, sorted so each watcher's events sit together in commit
         // order; one Arc per matched event, shared by its watchers.
         let mut matches: Vec<(WatcherKey, usize)> = Vec::new();
-        let mut shared: Vec<Option<Arc<Event>>> = vec![None; committed.events.len()];
+        let mut shared: Vec<Option<Arc<SharedEvent>>> = vec![None; committed.events.len()];
         for (i, event) in committed.events.iter().enumerate() {
             let Some(kv) = event.kv.as_ref() else {
                 continue;
@@ -306,7 +306,7 @@ impl WatchHub {
             st.synced
                 .for_each_matching(&kv.key, |key| matches.push((key, i)));
             if matches.last().is_some_and(|&(_, at)| at == i) {
-                shared[i] = Some(Arc::new(event.clone()));
+                shared[i] = Some(Arc::new(SharedEvent::new(event.clone())));
             }
         }
         matches.sort_unstable();
@@ -316,7 +316,7 @@ impl WatchHub {
             let Some(w) = st.watchers.get(&key) else {
                 continue;
             };
-            let events: Vec<Arc<Event>> = run
+            let events: Vec<Arc<SharedEvent>> = run
                 .iter()
                 .filter_map(|&(_, i)| shared[i].as_ref())
                 .filter(|e| w.wants(e))

@@ -19,17 +19,20 @@
 //!
 //! # Layout
 //! - [`watcher`]: one watcher's key range, filters, next revision and state.
+//! - [`event`]: a committed event shared by the watchers it goes to, encoded once.
 //! - [`group`]: watchers grouped by exact key and by range, for matching a changed key.
 //! - [`queue`]: the bounded queue of deliveries from the hub to one stream.
 //! - [`hub`]: [`WatchHub`], registration, live dispatch, progress, streams.
 //! - [`sync`]: the catch-up thread that brings unsynced and victim watchers back to synced.
 
+pub mod event;
 pub mod group;
 pub mod hub;
 pub mod queue;
 pub mod sync;
 pub mod watcher;
 
+pub use event::SharedEvent;
 pub use hub::{HubConfig, HubStream, Registered, WatchHub};
 pub use queue::Delivery;
 pub use watcher::{Filters, WatchSpec, WatcherKey, WatcherState};

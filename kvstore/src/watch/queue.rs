@@ -11,11 +11,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvstore_proto::mvccpb::Event;
 use parking_lot::{Condvar, Mutex};
 use prost::Message;
 use tokio::sync::Notify;
 
+use super::event::SharedEvent;
 use super::watcher::WatcherKey;
 
 /// One thing the hub tells a stream.
@@ -28,7 +28,7 @@ pub enum Delivery {
         /// The store's revision the delivery reflects (for the response header).
         rev: i64,
         /// The events; shared between the watchers of one commit.
-        events: Vec<Arc<Event>>,
+        events: Vec<Arc<SharedEvent>>,
     },
     /// The watcher's next revision was compacted away: it is cancelled and removed.
     Compacted {
@@ -226,10 +226,10 @@ impl StreamQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kvstore_proto::mvccpb::KeyValue;
+    use kvstore_proto::mvccpb::{Event, KeyValue};
 
     fn events(n: usize, value_len: usize) -> Delivery {
-        let ev = Arc::new(Event {
+        let ev = Arc::new(SharedEvent::new(Event {
             r#type: 0,
             kv: Some(KeyValue {
                 key: b"k".to_vec(),
@@ -237,7 +237,7 @@ mod tests {
                 ..KeyValue::default()
             }),
             prev_kv: None,
-        });
+        }));
         Delivery::Events {
             watcher: 1,
             rev: 1,

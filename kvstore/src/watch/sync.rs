@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
-use kvstore_proto::mvccpb::Event;
+use super::event::SharedEvent;
 
 use super::group::WatcherGroup;
 use super::hub::WatchHub;
@@ -79,7 +79,7 @@ impl WatchHub {
                 return false;
             }
         };
-        let mut per_watcher: HashMap<WatcherKey, Vec<Arc<Event>>> = HashMap::new();
+        let mut per_watcher: HashMap<WatcherKey, Vec<Arc<SharedEvent>>> = HashMap::new();
         for event in batch.events {
             let Some(kv) = event.kv.as_ref() else {
                 continue;
@@ -89,7 +89,7 @@ impl WatchHub {
             if matched.is_empty() {
                 continue;
             }
-            let event = Arc::new(event);
+            let event = Arc::new(SharedEvent::new(event));
             for w in matched {
                 per_watcher.entry(w).or_default().push(Arc::clone(&event));
             }
@@ -164,7 +164,7 @@ impl WatchHub {
     fn deliver(
         &self,
         picked: Picked,
-        mut per_watcher: HashMap<WatcherKey, Vec<Arc<Event>>>,
+        mut per_watcher: HashMap<WatcherKey, Vec<Arc<SharedEvent>>>,
         next_rev: i64,
     ) {
         let mut guard = self.state.lock();
@@ -182,7 +182,7 @@ impl WatchHub {
                 // next revision has nothing for it yet.
                 continue;
             }
-            let events: Vec<Arc<Event>> = per_watcher
+            let events: Vec<Arc<SharedEvent>> = per_watcher
                 .remove(&key)
                 .unwrap_or_default()
                 .into_iter()

@@ -1,53 +1,24 @@
-//! The Watch service: etcd's bidirectional Watch stream (etcd's `v3rpc/watch.go`) over the
-//! member's [`crate::watch::WatchHub`].
-//!
-//! Each stream is served by one task that owns the client's request stream, the stream's
-//! [`HubStream`] and a small bounded channel of response batches to gRPC. It handles, one at a
-//! time: a request (create, cancel, progress), the deliveries queued in the hub (events, a
-//! compaction cancel, progress), and the progress-notify tick. A create is answered before the
-//! task looks at the hub again, so a watch's `created` response always precedes its events.
-//! When the client goes away, the member shuts down or the request stream fails, the task ends
-//! and dropping its [`HubStream`] removes every watcher of the stream.
-//!
-//! # Why batches
-//! The responses of one step (typically one commit's events for every watcher of the stream)
-//! go to gRPC as one batch, which tonic encodes into one buffer and h2 sends as one DATA frame.
-//! Sent one by one, each response became its own DATA frame, and h2 writes a DATA frame of 256
-//! bytes or more with a `writev` of its own: one syscall and one TCP segment per event, which
-//! was a quarter of the member's CPU in the watch fan-out benchmark.
+//! One Watch stream's task (see the [module docs](super)): it owns the client's request
+//! stream, the stream's [`HubStream`] and a small bounded channel of encoded response batches
+//! to gRPC.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
 use kvstore_proto::etcdserverpb::{
-    watch_create_request::FilterType, watch_request::RequestUnion, watch_server::Watch,
-    ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
+    watch_create_request::FilterType, watch_request::RequestUnion, ResponseHeader,
+    WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use kvstore_proto::mvccpb::{event::EventType, Event};
-use prost::Message;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Streaming;
 
+use super::wire::{fragments, Outbound};
 use crate::mvcc::{Error as StoreError, KeyRange, KvStore, RangeOptions};
 use crate::node::Node;
 use crate::watch::{Delivery, Filters, HubStream, WatchSpec, WatcherKey};
 
-/// etcd's default progress-notify interval.
-pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
-/// etcd's floor for the progress-notify interval.
-pub const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
-
-/// etcd's `grpcOverheadBytes`: a response is fragmented (when the watch asked for it) once it
-/// reaches `--max-request-bytes` plus this.
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
-/// Response batches buffered between a stream's task and gRPC; the hub's queue holds the rest.
-/// A batch holds what one step took from the hub's queue (bounded by the queue's bytes) plus
-/// the `prev_kv` it asked for, so two keep memory per slow stream near the queue's own bound.
-const OUTBOUND_BATCHES: usize = 2;
 /// Deliveries handled in one go after the first (requests and shutdown wait at most this long).
 const DRAIN_AT_ONCE: usize = 64;
 /// The watch ID of a refused create and of a stream-wide progress notification.
@@ -58,86 +29,6 @@ const AUTO_WATCH_ID: i64 = 0;
 const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 /// etcd's `ErrEmptyWatcherRange`.
 const ERR_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
-
-/// The Watch service of one member.
-pub struct WatchService {
-    /// The member serving.
-    node: Arc<Node>,
-    /// How often a synced, idle watcher that asked for progress notifications gets one.
-    progress_interval: Duration,
-}
-
-impl WatchService {
-    /// The Watch service over a node, with the node's configured progress-notify interval
-    /// (`--experimental-watch-progress-notify-interval`, etcd's default of 10 minutes).
-    pub fn new(node: Arc<Node>) -> Self {
-        let interval = node.config.experimental_watch_progress_notify_interval;
-        Self::with_progress_interval(node, interval)
-    }
-
-    /// The Watch service with an explicit progress-notify interval (raised to etcd's minimum
-    /// of 100 ms).
-    pub fn with_progress_interval(node: Arc<Node>, interval: Duration) -> Self {
-        if interval < MIN_PROGRESS_INTERVAL {
-            tracing::warn!(
-                ?interval,
-                "adjusting watch progress notify interval to the minimum of 100ms"
-            );
-        }
-        Self {
-            node,
-            progress_interval: interval.max(MIN_PROGRESS_INTERVAL),
-        }
-    }
-}
-
-/// Parses a duration written as Go's `time.ParseDuration` would: a number with `ms`, `s`, `m`
-/// or `h`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(seconds).ok()
-}
-
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Watch for WatchService {
-    type WatchStream = WatchStream;
-
-    async fn watch(
-        &self,
-        req: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let inbound = req.into_inner();
-        let (out, batches) = mpsc::channel(OUTBOUND_BATCHES);
-        let session = Session {
-            hub: self.node.watch_hub.open_stream(),
-            node: Arc::clone(&self.node),
-            out,
-            pending: Vec::new(),
-            step_header: ResponseHeader::default(),
-            watches: HashMap::new(),
-            ids: HashMap::new(),
-            next_id: 0,
-            progress_interval: self.progress_interval,
-            max_response_bytes: self.node.config.max_request_bytes + GRPC_OVERHEAD_BYTES,
-        };
-        tokio::spawn(session.run(inbound));
-        let responses = ReceiverStream::new(batches)
-            .flat_map(|batch: Vec<WatchResponse>| futures::stream::iter(batch.into_iter().map(Ok)));
-        Ok(Response::new(Box::pin(responses)))
-    }
-}
 
 /// One watch of a stream, as the client named it.
 #[derive(Debug)]
@@ -160,15 +51,15 @@ struct WatchEntry {
 struct Gone;
 
 /// The state of one Watch stream; see the module docs.
-struct Session {
+pub(super) struct Session {
     /// The member serving.
     node: Arc<Node>,
     /// This stream's registration in the hub.
     hub: HubStream,
     /// Response batches to the client.
-    out: mpsc::Sender<Vec<WatchResponse>>,
+    out: mpsc::Sender<Vec<Outbound>>,
     /// Responses of the current step, sent as one batch when it ends.
-    pending: Vec<WatchResponse>,
+    pending: Vec<Outbound>,
     /// This member's header as of the start of the current step (the revision is per response).
     step_header: ResponseHeader,
     /// The stream's watches by the client's watch ID.
@@ -185,8 +76,29 @@ struct Session {
 }
 
 impl Session {
+    /// A stream of `node` sending its response batches to `out`.
+    pub(super) fn new(
+        node: Arc<Node>,
+        out: mpsc::Sender<Vec<Outbound>>,
+        progress_interval: Duration,
+        max_response_bytes: usize,
+    ) -> Self {
+        Self {
+            hub: node.watch_hub.open_stream(),
+            node,
+            out,
+            pending: Vec::new(),
+            step_header: ResponseHeader::default(),
+            watches: HashMap::new(),
+            ids: HashMap::new(),
+            next_id: 0,
+            progress_interval,
+            max_response_bytes,
+        }
+    }
+
     /// Serves the stream until the client goes away or the member stops.
-    async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+    pub(super) async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
         let metrics_streams = self.node.metrics.watch_streams.clone();
         metrics_streams.inc();
         let period = jittered(self.progress_interval);
@@ -233,15 +145,20 @@ impl Session {
     /// A header for `revision` from this member, with the Raft term read at the start of the
     /// step (reading it per response was 1 % of a member's CPU in the fan-out benchmark).
     fn header(&self, revision: i64) -> Option<ResponseHeader> {
-        Some(ResponseHeader {
+        Some(self.step_header_at(revision))
+    }
+
+    /// The step's header with `revision`.
+    fn step_header_at(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
             revision,
             ..self.step_header
-        })
+        }
     }
 
     /// Adds one response to the current step's batch.
     fn send(&mut self, resp: WatchResponse) {
-        self.pending.push(resp);
+        self.pending.push(Outbound::Message(resp));
     }
 
     /// Sends the current step's batch; fails once the client is gone.
@@ -378,12 +295,25 @@ impl Session {
                 };
                 entry.quiet = false;
                 let (prev_kv, fragment) = (entry.prev_kv, entry.fragment);
+                let header = self.step_header_at(rev);
+                let whole = !fragment
+                    || events.len() < 2
+                    || Outbound::events_len(&header, id, &events) < self.max_response_bytes;
+                if !prev_kv && whole {
+                    // The common case: the events go out as they are, encoded once per commit.
+                    self.pending.push(Outbound::Events {
+                        header,
+                        watch_id: id,
+                        events,
+                    });
+                    return Ok(());
+                }
                 let mut events: Vec<Event> = events.iter().map(|e| Event::clone(e)).collect();
                 if prev_kv {
                     events = with_prev_kv(Arc::clone(&self.node.store), events).await?;
                 }
                 let resp = WatchResponse {
-                    header: self.header(rev),
+                    header: Some(header),
                     watch_id: id,
                     events,
                     ..WatchResponse::default()
@@ -454,35 +384,6 @@ impl Session {
     }
 }
 
-/// etcd's `sendFragments`: a response of at least `max_bytes` with two or more events is split
-/// into pieces, each under the limit unless a single event is larger, all but the last marked
-/// `fragment`; the client joins them back into one response.
-fn fragments(resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
-    if resp.encoded_len() < max_bytes || resp.events.len() < 2 {
-        return vec![resp];
-    }
-    let mut template = resp;
-    let events = std::mem::take(&mut template.events);
-    template.fragment = true;
-    let base = template.encoded_len();
-    let mut out = Vec::new();
-    let mut current = template.clone();
-    let mut size = base;
-    for event in events {
-        let len = event.encoded_len();
-        let field = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
-        if !current.events.is_empty() && size + field >= max_bytes {
-            out.push(std::mem::replace(&mut current, template.clone()));
-            size = base;
-        }
-        current.events.push(event);
-        size += field;
-    }
-    current.fragment = false;
-    out.push(current);
-    out
-}
-
 /// The interval plus up to a tenth of it at random, so streams opened together do not all
 /// notify together (as etcd does).
 fn jittered(interval: Duration) -> Duration {
@@ -531,64 +432,6 @@ fn fill_prev_kv(store: &KvStore, events: &mut [Event]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_like_go() {
-        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("x"), None);
-    }
-
-    fn event(key: &str, value_len: usize) -> Event {
-        Event {
-            r#type: EventType::Put as i32,
-            kv: Some(kvstore_proto::mvccpb::KeyValue {
-                key: key.into(),
-                value: vec![b'x'; value_len],
-                ..Default::default()
-            }),
-            prev_kv: None,
-        }
-    }
-
-    #[test]
-    fn large_responses_are_split_into_fragments_in_order() {
-        let resp = WatchResponse {
-            watch_id: 7,
-            events: (0..10).map(|i| event(&format!("k{i}"), 300)).collect(),
-            ..WatchResponse::default()
-        };
-        let parts = fragments(resp.clone(), 1000);
-        assert!(parts.len() > 1);
-        for (i, part) in parts.iter().enumerate() {
-            assert_eq!(part.watch_id, 7);
-            assert_eq!(
-                part.fragment,
-                i + 1 < parts.len(),
-                "all but the last are fragments"
-            );
-            assert!(part.encoded_len() < 1000, "each fragment fits");
-        }
-        let joined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
-        assert_eq!(joined, resp.events);
-    }
-
-    #[test]
-    fn small_or_single_event_responses_are_not_fragmented() {
-        let small = WatchResponse {
-            events: vec![event("a", 10), event("b", 10)],
-            ..WatchResponse::default()
-        };
-        assert_eq!(fragments(small.clone(), 1000), vec![small]);
-        let single = WatchResponse {
-            events: vec![event("a", 5000)],
-            ..WatchResponse::default()
-        };
-        assert_eq!(fragments(single.clone(), 1000), vec![single]);
-    }
 
     #[test]
     fn jitter_stays_within_a_tenth() {

@@ -1,0 +1,83 @@
+//! [`SharedEvent`]: one committed event as every watcher it is delivered to shares it.
+
+use std::ops::Deref;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use kvstore_proto::mvccpb::Event;
+use prost::Message;
+
+/// One event of a commit, shared (behind an `Arc`) by all the watchers it is delivered to,
+/// with its protobuf encoding made once, by the first stream that sends it, and reused by
+/// every other: with 10k watchers on a key, encoding the event per watcher was most of what
+/// sending it cost.
+#[derive(Debug)]
+pub struct SharedEvent {
+    /// The event.
+    event: Event,
+    /// `event` encoded, once asked for.
+    encoded: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    /// The event, not yet encoded.
+    pub fn new(event: Event) -> Self {
+        Self {
+            event,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The event's protobuf encoding (an `mvccpb.Event` message, without a field key or length).
+    pub fn encoded(&self) -> &Bytes {
+        self.encoded
+            .get_or_init(|| Bytes::from(self.event.encode_to_vec()))
+    }
+}
+
+impl Deref for SharedEvent {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl PartialEq for SharedEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.event == other.event
+    }
+}
+
+impl From<Event> for SharedEvent {
+    fn from(event: Event) -> Self {
+        Self::new(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvstore_proto::mvccpb::KeyValue;
+
+    #[test]
+    fn encoding_is_the_events_own_and_made_once() {
+        let shared = SharedEvent::new(Event {
+            r#type: 1,
+            kv: Some(KeyValue {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                mod_revision: 7,
+                ..KeyValue::default()
+            }),
+            prev_kv: None,
+        });
+        let first = shared.encoded().clone();
+        assert_eq!(first, Bytes::from(shared.encode_to_vec()));
+        assert_eq!(
+            first.as_ptr(),
+            shared.encoded().as_ptr(),
+            "the second call reuses the first encoding"
+        );
+    }
+}
