@@ -102,7 +102,7 @@ impl Node {
             ))
         })?;
         // Under Raft the log append is the one fsync on the write path; applying to the store
-        // is not synced, because a restart re-applies from the last applied index.
+        // skips RocksDB's WAL, because a restart re-applies from the last applied index on disk.
         let store = Arc::new(KvStore::open(
             &data_dir.join("db"),
             StoreOptions {

@@ -58,7 +58,8 @@ impl Default for Limits {
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// Fsync every write batch before acknowledging it. True for a standalone store; under
-    /// Raft the log append is the fsync and applies are replayed after a crash.
+    /// Raft the log append is the fsync, applies skip RocksDB's WAL and are replayed after a
+    /// crash (see `Backend::write`).
     pub sync_writes: bool,
     /// Request limits.
     pub limits: Limits,

@@ -384,6 +384,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     /// Removes entries up to and including `log_id`, recording it as the last purged; synced.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Applied commands skip RocksDB's WAL: entries about to go must be applied on disk,
+        // not only in memtables, or a crash would leave nothing to replay them from.
+        let store = Arc::clone(&self.reader.store);
+        tokio::task::spawn_blocking(move || store.backend().persist())
+            .await
+            .unwrap_or_else(|e| panic!("invariant: a flush task never panics: {e}"))
+            .map_err(|e| write_logs_err(&e))?;
         let bytes = codec::encode(&log_id).map_err(|e| write_logs_err(&e))?;
         let mut batch = WriteBatch::default();
         {
