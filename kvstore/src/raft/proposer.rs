@@ -122,7 +122,8 @@ impl RaftProposer {
         Arc::clone(&self.reads)
     }
 
-    /// The current leader and how to reach it, waiting for one until `deadline`.
+    /// The current leader and, unless it is this member, how to reach it (a copy of its
+    /// addresses, not made for every local write); waits for one until `deadline`.
     async fn leader(&self, deadline: Instant) -> Result<(NodeId, Option<MemberNode>), Error> {
         let mut metrics = self.metrics.clone();
         loop {
@@ -132,7 +133,11 @@ impl RaftProposer {
                     return Err(fatal_error(fatal));
                 }
                 if let Some(leader) = m.current_leader {
-                    let node = m.membership_config.membership().get_node(&leader).cloned();
+                    let node = if leader == self.id {
+                        None
+                    } else {
+                        m.membership_config.membership().get_node(&leader).cloned()
+                    };
                     return Ok((leader, node));
                 }
             }
