@@ -156,7 +156,13 @@ async fn a_damaged_member_is_refused_at_start_and_raises_corrupt_when_running() 
         .and_then(|s| s.header)
         .map(|h| h.member_id)
         .expect("victim status");
-    cluster.kill(victim);
+    // A clean stop, so the victim's applied writes are on disk to damage (they skip RocksDB's
+    // WAL; after a SIGKILL the member would replay them from its Raft log instead).
+    cluster.signal(victim, "-TERM");
+    assert!(
+        cluster.wait_exit(victim, RECOVERY).is_some(),
+        "the victim stops on SIGTERM"
+    );
     damage(&cluster.data_dir(victim).join("db"), b"victim");
 
     // With the initial check, the damaged member refuses to start.
