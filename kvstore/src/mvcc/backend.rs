@@ -101,9 +101,9 @@ impl Backend {
     /// Writes a batch atomically: fsynced if the backend was opened with `sync`, otherwise
     /// without the WAL (durable once flushed; see [`Backend::persist`]).
     ///
-    /// Under Raft each applied command is a batch, and its WAL record (a `write` system call
-    /// and a checksum on every member, for data the Raft log already holds) was 12 % of the
-    /// members' CPU per put at 256 clients (`docs/benchmarks.md`).
+    /// Under Raft each applied command is a batch, and its WAL record is a `write` system call
+    /// and a checksum on every member for data the Raft log already holds: leaving it out took
+    /// about a tenth off the members' CPU per put at 256 clients (`docs/benchmarks.md`).
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
         let mut opts = WriteOptions::default();
         if self.sync {

@@ -15,6 +15,9 @@ use prost::Message;
 pub struct SharedEvent {
     /// The event.
     event: Event,
+    /// The length of `event` encoded, computed once: each watcher's delivery counts it against
+    /// its stream's queue budget, under the hub's lock.
+    encoded_len: usize,
     /// `event` encoded, once asked for.
     encoded: OnceLock<Bytes>,
 }
@@ -23,9 +26,15 @@ impl SharedEvent {
     /// The event, not yet encoded.
     pub fn new(event: Event) -> Self {
         Self {
+            encoded_len: event.encoded_len(),
             event,
             encoded: OnceLock::new(),
         }
+    }
+
+    /// The length of the event's protobuf encoding.
+    pub fn encoded_len(&self) -> usize {
+        self.encoded_len
     }
 
     /// The event's protobuf encoding (an `mvccpb.Event` message, without a field key or length).
@@ -49,12 +58,6 @@ impl PartialEq for SharedEvent {
     }
 }
 
-impl From<Event> for SharedEvent {
-    fn from(event: Event) -> Self {
-        Self::new(event)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,7 +76,8 @@ mod tests {
             prev_kv: None,
         });
         let first = shared.encoded().clone();
-        assert_eq!(first, Bytes::from(shared.encode_to_vec()));
+        assert_eq!(first, Bytes::from(shared.event.encode_to_vec()));
+        assert_eq!(shared.encoded_len(), first.len());
         assert_eq!(
             first.as_ptr(),
             shared.encoded().as_ptr(),

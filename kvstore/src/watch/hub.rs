@@ -21,11 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::event::SharedEvent;
 use parking_lot::Mutex;
 // Keys here are the hub's own sequential IDs, never a client's bytes: a fast hash is safe.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
+use super::event::SharedEvent;
 use super::group::WatcherGroup;
 use super::queue::{Delivery, QueueLimits, StreamQueue, Wakeup};
 use super::watcher::{StreamId, WatchSpec, Watcher, WatcherKey, WatcherState};

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
-use prost::Message;
 use tokio::sync::Notify;
 
 use super::event::SharedEvent;

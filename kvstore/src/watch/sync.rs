@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use super::event::SharedEvent;
-
 use super::group::WatcherGroup;
 use super::hub::WatchHub;
 use super::queue::Delivery;

@@ -1,6 +1,6 @@
 //! One Watch stream's task (see the [module docs](super)): it owns the client's request
-//! stream, the stream's [`HubStream`] and a small bounded channel of encoded response batches
-//! to gRPC.
+//! stream, the stream's [`HubStream`] and a small bounded channel of response batches to gRPC
+//! (encoded there, see [`super::wire`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
