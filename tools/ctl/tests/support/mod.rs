@@ -302,7 +302,9 @@ impl Side {
         }
     }
 
-    /// Literal replacements for this side's IDs and ports, longest first.
+    /// Literal replacements for this side's IDs and ports, longest first. The 16-digit forms are
+    /// zero-padded: space-padded (`{:16x}`), an ID below 2^60 took the space before it into the
+    /// mask and broke the comma-separated rows around it (1 run in 16).
     pub fn masks(&self) -> Vec<(String, String)> {
         let mut m = vec![
             (
@@ -313,10 +315,10 @@ impl Side {
                 format!("127.0.0.1:{}", self.etcd.peer_port),
                 "<PEER>".to_string(),
             ),
-            (format!("{:16x}", self.cluster_id), "<CLUSTER>".to_string()),
+            (format!("{:016x}", self.cluster_id), "<CLUSTER>".to_string()),
             (format!("{:x}", self.cluster_id), "<CLUSTER>".to_string()),
             (self.cluster_id.to_string(), "<CLUSTER>".to_string()),
-            (format!("{:16x}", self.member_id), "<MEMBER>".to_string()),
+            (format!("{:016x}", self.member_id), "<MEMBER>".to_string()),
             (format!("{:x}", self.member_id), "<MEMBER>".to_string()),
             (self.member_id.to_string(), "<MEMBER>".to_string()),
         ];
@@ -325,7 +327,7 @@ impl Side {
             m.push((l.to_string(), "<LEASE>".to_string()));
         }
         for id in &self.members {
-            m.push((format!("{id:16x}"), "<NEW_MEMBER>".to_string()));
+            m.push((format!("{id:016x}"), "<NEW_MEMBER>".to_string()));
             m.push((format!("{id:x}"), "<NEW_MEMBER>".to_string()));
             m.push((id.to_string(), "<NEW_MEMBER>".to_string()));
         }
