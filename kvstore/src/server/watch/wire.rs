@@ -68,7 +68,7 @@ impl Outbound {
             len += KEY_LEN + encoded_len_varint(watch_id as u64);
         }
         for event in events {
-            let n = event.encoded().len();
+            let n = event.encoded_len();
             len += KEY_LEN + encoded_len_varint(n as u64) + n;
         }
         len
