@@ -103,7 +103,7 @@ fn entry(term: u64, index: u64, payload: EntryPayload) -> Entry {
 }
 
 fn put(key: &str, value: &str) -> EntryPayload {
-    EntryPayload::Normal(Request(Command::Put(PutRequest {
+    EntryPayload::Normal(Request::new(Command::Put(PutRequest {
         key: key.into(),
         value: value.into(),
         ..PutRequest::default()
@@ -171,7 +171,7 @@ async fn log_entries_vote_and_committed_survive_reopen() {
     let entries = log.try_get_log_entries(1..=5).await.expect("read");
     assert_eq!(indexes(&entries), vec![1, 2, 3, 4, 5]);
     assert!(
-        matches!(&entries[2].payload, EntryPayload::Normal(Request(Command::Put(p))) if p.key == b"a")
+        matches!(&entries[2].payload, EntryPayload::Normal(r) if matches!(r.command(), Command::Put(p) if p.key == b"a"))
     );
     assert!(matches!(&entries[1].payload, EntryPayload::Membership(_)));
     let mut reader = log.get_log_reader().await;
@@ -258,7 +258,7 @@ async fn applied_position_is_written_with_the_data() {
                 entry(
                     1,
                     4,
-                    EntryPayload::Normal(Request(Command::LeaseRevoke(99))),
+                    EntryPayload::Normal(Request::new(Command::LeaseRevoke(99))),
                 ),
             ])
             .await
@@ -293,7 +293,7 @@ async fn applied_position_is_written_with_the_data() {
 async fn apply_history(sm: &mut StateMachine) -> u64 {
     let mut payloads = vec![
         membership(),
-        EntryPayload::Normal(Request(Command::LeaseGrant(LeaseGrantRequest {
+        EntryPayload::Normal(Request::new(Command::LeaseGrant(LeaseGrantRequest {
             ttl: 600,
             id: 7,
         }))),
@@ -301,20 +301,22 @@ async fn apply_history(sm: &mut StateMachine) -> u64 {
     for i in 0..20 {
         payloads.push(put(&format!("key/{i:02}"), &format!("v{i}")));
     }
-    payloads.push(EntryPayload::Normal(Request(Command::Put(PutRequest {
-        key: b"leased".to_vec(),
-        value: b"x".to_vec(),
-        lease: 7,
-        ..PutRequest::default()
-    }))));
-    payloads.push(EntryPayload::Normal(Request(Command::DeleteRange(
+    payloads.push(EntryPayload::Normal(Request::new(Command::Put(
+        PutRequest {
+            key: b"leased".to_vec(),
+            value: b"x".to_vec(),
+            lease: 7,
+            ..PutRequest::default()
+        },
+    ))));
+    payloads.push(EntryPayload::Normal(Request::new(Command::DeleteRange(
         DeleteRangeRequest {
             key: b"key/05".to_vec(),
             range_end: b"key/10".to_vec(),
             ..DeleteRangeRequest::default()
         },
     ))));
-    payloads.push(EntryPayload::Normal(Request(Command::Compact(
+    payloads.push(EntryPayload::Normal(Request::new(Command::Compact(
         CompactionRequest {
             revision: 8,
             physical: false,

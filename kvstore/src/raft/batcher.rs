@@ -116,7 +116,7 @@ async fn propose(raft: &Raft, mut batch: Vec<Pending>) {
     if batch.len() == 1 {
         if let Some(only) = batch.pop() {
             let result = raft
-                .client_write(Request(only.command))
+                .client_write(Request::new(only.command))
                 .await
                 .map(|response| response.data.0);
             let _ = only.reply.send(result);
@@ -126,7 +126,10 @@ async fn propose(raft: &Raft, mut batch: Vec<Pending>) {
     let (commands, replies): (Vec<Command>, Vec<oneshot::Sender<WriteResult>>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let count = commands.len();
-    match raft.client_write(Request(Command::Batch(commands))).await {
+    match raft
+        .client_write(Request::new(Command::Batch(commands)))
+        .await
+    {
         Err(refused) => {
             for reply in replies {
                 let _ = reply.send(Err(refused.clone()));

@@ -19,6 +19,16 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Err
     postcard::to_stdvec(value)
 }
 
+/// Like [`encode`], into a buffer made with room for `capacity` bytes: for large structures
+/// (a log entry, an AppendEntries request) whose size the caller knows about, so the buffer is
+/// not grown, and copied, step by step.
+pub fn encode_sized<T: Serialize + ?Sized>(
+    value: &T,
+    capacity: usize,
+) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_extend(value, Vec::with_capacity(capacity))
+}
+
 /// Decodes what [`encode`] wrote.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(bytes)

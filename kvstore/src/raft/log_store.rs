@@ -37,9 +37,11 @@ use std::thread::JoinHandle;
 
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId};
+use parking_lot::Mutex;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use super::codec::{self, log_index, log_key, LOG_KEY_END};
+use super::entry_cache::{self, EntryCache};
 use super::types::{
     Entry, LogFlushed, LogId, LogState, StorageError, StorageIOError, TypeConfig, Vote,
 };
@@ -76,6 +78,8 @@ struct Syncer {
 pub struct LogReader {
     /// The store whose database holds the log.
     store: Arc<KvStore>,
+    /// The newest entries, in memory; updated by the log store with every change to the log.
+    cache: Arc<Mutex<EntryCache>>,
 }
 
 impl LogStore {
@@ -94,7 +98,10 @@ impl LogStore {
             .spawn(move || sync_loop(&sync_store, &pending, fsync))
             .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         Ok(Self {
-            reader: LogReader { store },
+            reader: LogReader {
+                store,
+                cache: Arc::default(),
+            },
             syncer: Some(Syncer { queue, thread }),
         })
     }
@@ -225,8 +232,12 @@ impl LogReader {
         }
     }
 
-    /// Entries with index in `[start, end)` (`end` `None`: to the end of the log), in order.
+    /// Entries with index in `[start, end)` (`end` `None`: to the end of the log), in order:
+    /// from the cache when it holds them, from disk otherwise.
     fn entries(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+        if let Some(entries) = self.cache.lock().get(start, end) {
+            return Ok(entries);
+        }
         let backend = self.store.backend();
         let mut opts = ReadOptions::default();
         if let Some(end) = end {
@@ -348,17 +359,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let mut batch = WriteBatch::default();
         {
             let cf = self.store().backend().cf(CF_RAFT_LOG);
-            for entry in entries {
-                let bytes = codec::encode(&entry).map_err(|e| write_logs_err(&e))?;
+            for entry in &entries {
+                let bytes = codec::encode_sized(entry, entry_cache::size(entry))
+                    .map_err(|e| write_logs_err(&e))?;
                 batch.put_cf(&cf, log_key(entry.log_id.index), bytes);
             }
         }
         self.write(batch, false)
             .await
             .map_err(|e| write_logs_err(&e))?;
+        self.reader.cache.lock().append(&entries);
         let Some(syncer) = &self.syncer else {
             unreachable!("invariant: the sync thread lives as long as the log store");
         };
@@ -379,6 +393,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write(batch, false)
             .await
             .map_err(|e| write_logs_err(&e))?;
+        self.reader.cache.lock().truncate(log_id.index);
         Ok(())
     }
 
@@ -405,6 +420,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write(batch, true)
             .await
             .map_err(|e| write_logs_err(&e))?;
+        self.reader.cache.lock().purge(log_id.index);
         Ok(())
     }
 }

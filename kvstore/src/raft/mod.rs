@@ -9,6 +9,8 @@
 //! - [`command_wire`]: a command's protobuf encoding, written from a borrowed command.
 //! - [`log_store`]: [`LogStore`], the log and vote in the `raft_log` and `raft_state` column
 //!   families, with group-committed appends.
+//! - [`entry_cache`]: the newest log entries in memory, so replication and applying do not
+//!   read back from disk (and decode) what was just appended.
 //! - [`state_machine`]: [`StateMachine`], committed entries applied through the
 //!   [`Applier`](crate::apply::Applier), the applied position written with the data.
 //! - [`snapshot`]: the snapshot file format, building one from a RocksDB snapshot and
@@ -37,6 +39,7 @@
 pub mod batcher;
 pub mod codec;
 pub mod command_wire;
+pub mod entry_cache;
 pub mod log_store;
 pub mod membership;
 pub mod network;

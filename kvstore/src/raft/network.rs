@@ -64,6 +64,7 @@ use tonic::Code;
 use super::peer_link::PeerLink;
 
 use super::codec;
+use super::entry_cache;
 use super::types::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     MemberNode, NodeId, TypeConfig, VoteRequest, VoteResponse,
@@ -563,7 +564,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RpcError> {
         let entries = rpc.entries.len() as u64;
-        let data = encode(&rpc)?;
+        let size = 128 + rpc.entries.iter().map(entry_cache::size).sum::<usize>();
+        let data = codec::encode_sized(&rpc, size)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if data.len() > MAX_PEER_MESSAGE_BYTES && entries > 1 {
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(entries / 2),

@@ -36,7 +36,7 @@ use tokio::io::AsyncWriteExt;
 use super::codec;
 use super::snapshot::{self, SnapshotDir};
 use super::types::{
-    Entry, EntryPayload, LogId, NodeId, Request, Response, Snapshot, SnapshotMeta, StorageError,
+    Entry, EntryPayload, LogId, NodeId, Response, Snapshot, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership, TypeConfig,
 };
 use crate::apply::{Applier, Command};
@@ -197,7 +197,7 @@ impl StateMachine {
 /// revokes, compactions) take the hand-off, so they cannot hold up the runtime's other tasks.
 fn is_light(entry: &Entry) -> bool {
     match &entry.payload {
-        EntryPayload::Normal(Request(command)) => command.is_light(),
+        EntryPayload::Normal(request) => request.command().is_light(),
         EntryPayload::Blank | EntryPayload::Membership(_) => true,
     }
 }
@@ -222,24 +222,27 @@ fn apply_entries(
             EntryPayload::Membership(m) => Some(StoredMembership::new(Some(log_id), m.clone())),
             _ => None,
         };
+        let stage_position = || -> Result<(), StorageError> {
+            store.stage_apply_position(
+                log_id.index,
+                position_meta(&log_id, new_membership.as_ref()).map_err(|e| apply_err(&e))?,
+            );
+            Ok(())
+        };
         let response = match entry.payload {
-            EntryPayload::Normal(Request(Command::Batch(commands))) => {
-                apply_batch(store, applier, member_id, &log_id, commands)?
-            }
-            payload => {
-                store.stage_apply_position(
-                    log_id.index,
-                    position_meta(&log_id, new_membership.as_ref()).map_err(|e| apply_err(&e))?,
-                );
-                match payload {
-                    EntryPayload::Normal(request) => {
-                        apply_command(store, applier, member_id, &log_id, request.0)?
-                    }
-                    EntryPayload::Blank | EntryPayload::Membership(_) => {
-                        store.flush_apply_meta().map_err(|e| apply_err(&e))?;
-                        Response::empty()
-                    }
+            EntryPayload::Normal(request) => match request.into_command() {
+                Command::Batch(commands) => {
+                    apply_batch(store, applier, member_id, &log_id, commands)?
                 }
+                command => {
+                    stage_position()?;
+                    apply_command(store, applier, member_id, &log_id, command)?
+                }
+            },
+            EntryPayload::Blank | EntryPayload::Membership(_) => {
+                stage_position()?;
+                store.flush_apply_meta().map_err(|e| apply_err(&e))?;
+                Response::empty()
             }
         };
         if let Some(m) = new_membership {
@@ -527,6 +530,7 @@ mod tests {
     use super::*;
     use crate::alarm::Alarms;
     use crate::mvcc::StoreOptions;
+    use crate::raft::types::Request;
 
     fn put(key: &str) -> Command {
         Command::Put(PutRequest {
@@ -539,7 +543,7 @@ mod tests {
     fn entry(index: u64, command: Command) -> Entry {
         Entry {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Request(command)),
+            payload: EntryPayload::Normal(Request::new(command)),
         }
     }
 

@@ -8,6 +8,8 @@
 //! - A member is known to Raft as a [`MemberNode`]: its name and URLs.
 //! - Snapshot data is a file ([`tokio::fs::File`]), so a snapshot is never held whole in memory.
 
+use std::sync::{Arc, OnceLock};
+
 use kvstore_proto::raftpb;
 use serde::{Deserialize, Serialize};
 
@@ -109,21 +111,102 @@ impl std::fmt::Display for MemberNode {
 /// The application data of a log entry: one state-machine command. On disk and on the wire it
 /// is the protobuf encoding of `raftpb::Command`, written straight from the borrowed command
 /// ([`command_wire`]: no copy of its keys and values first).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Request(pub Command);
+///
+/// A request is shared, not copied (cloning is a reference count), and keeps its encoding once
+/// made: the leader writes an entry to its own log and sends it to every follower, and each of
+/// those used to encode the command again (and each read back from the log decoded it again),
+/// which at 256 clients putting was about a tenth of the leader's CPU (`perf`, see
+/// `docs/benchmarks.md`). A request decoded from bytes keeps those bytes, so a follower's log
+/// append writes what the leader sent without encoding it again.
+#[derive(Clone)]
+pub struct Request(Arc<Shared>);
+
+/// A request's command and its encoding.
+struct Shared {
+    command: Command,
+    /// The protobuf encoding of `command`, made on first need.
+    wire: OnceLock<Vec<u8>>,
+}
+
+impl Request {
+    /// A request carrying `command`.
+    pub fn new(command: Command) -> Self {
+        Self(Arc::new(Shared {
+            command,
+            wire: OnceLock::new(),
+        }))
+    }
+
+    /// The command.
+    pub fn command(&self) -> &Command {
+        &self.0.command
+    }
+
+    /// The command, taken out if this is the only handle (copied otherwise).
+    pub fn into_command(self) -> Command {
+        match Arc::try_unwrap(self.0) {
+            Ok(shared) => shared.command,
+            Err(shared) => shared.command.clone(),
+        }
+    }
+
+    /// The protobuf encoding of the command (made once, then kept).
+    pub fn wire(&self) -> &[u8] {
+        self.0
+            .wire
+            .get_or_init(|| command_wire::encode_to_vec(&self.0.command))
+    }
+}
+
+impl PartialEq for Request {
+    fn eq(&self, other: &Self) -> bool {
+        self.command() == other.command()
+    }
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Request").field(self.command()).finish()
+    }
+}
 
 impl Serialize for Request {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&command_wire::encode_to_vec(&self.0))
+        serializer.serialize_bytes(self.wire())
     }
 }
 
 impl<'de> Deserialize<'de> for Request {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let wire: raftpb::Command = prost_bytes::deserialize(deserializer)?;
-        Command::try_from(wire)
-            .map(Request)
-            .map_err(serde::de::Error::custom)
+        deserializer.deserialize_bytes(RequestVisitor)
+    }
+}
+
+/// Decodes a [`Request`] from its protobuf bytes and keeps them as its encoding.
+struct RequestVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RequestVisitor {
+    type Value = Request;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the bytes of a protobuf raftpb.Command")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Request, E> {
+        let wire = <raftpb::Command as prost::Message>::decode(bytes).map_err(E::custom)?;
+        let command = Command::try_from(wire).map_err(E::custom)?;
+        Ok(Request(Arc::new(Shared {
+            command,
+            wire: OnceLock::from(bytes.to_vec()),
+        })))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Request, A::Error> {
+        let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(b) = seq.next_element::<u8>()? {
+            bytes.push(b);
+        }
+        self.visit_bytes(&bytes)
     }
 }
 
@@ -182,7 +265,7 @@ mod tests {
     fn entries_round_trip_through_postcard() {
         let entry = Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(3, 7), 42),
-            payload: EntryPayload::Normal(Request(Command::Put(PutRequest {
+            payload: EntryPayload::Normal(Request::new(Command::Put(PutRequest {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
                 ..PutRequest::default()
@@ -192,7 +275,7 @@ mod tests {
         let back: Entry = codec::decode(&bytes).expect("decodes");
         assert_eq!(back.log_id, entry.log_id);
         assert!(
-            matches!(back.payload, EntryPayload::Normal(ref r) if *r == Request(Command::Put(PutRequest {
+            matches!(back.payload, EntryPayload::Normal(ref r) if *r == Request::new(Command::Put(PutRequest {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
                 ..PutRequest::default()

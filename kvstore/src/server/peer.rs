@@ -195,7 +195,7 @@ impl RaftService for PeerService {
                 Some(batcher) => batcher.write(command).await,
                 None => self
                     .raft
-                    .client_write(RaftRequest(command))
+                    .client_write(RaftRequest::new(command))
                     .await
                     .map(|response| response.data.0),
             };
