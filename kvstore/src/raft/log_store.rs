@@ -393,6 +393,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write(batch, false)
             .await
             .map_err(|e| write_logs_err(&e))?;
+        // Only uncommitted entries are truncated, and nobody reads those meanwhile: replication
+        // reads on a leader, which never truncates, and applying reads committed entries.
         self.reader.cache.lock().truncate(log_id.index);
         Ok(())
     }
