@@ -552,9 +552,13 @@ impl PeerConnection {
     }
 }
 
-/// Encodes an outgoing Raft request; failing here is a bug, reported as a network error.
-fn encode<T: serde::Serialize, E: std::error::Error>(rpc: &T) -> Result<Vec<u8>, RpcError<E>> {
-    codec::encode(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+/// Encodes an outgoing Raft request into a buffer with room for `capacity` bytes; failing here
+/// is a bug, reported as a network error.
+fn encode<T: serde::Serialize, E: std::error::Error>(
+    rpc: &T,
+    capacity: usize,
+) -> Result<Vec<u8>, RpcError<E>> {
+    codec::encode_sized(rpc, capacity).map_err(|e| RPCError::Network(NetworkError::new(&e)))
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
@@ -565,8 +569,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> Result<AppendEntriesResponse, RpcError> {
         let entries = rpc.entries.len() as u64;
         let size = 128 + rpc.entries.iter().map(entry_cache::size).sum::<usize>();
-        let data = codec::encode_sized(&rpc, size)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let data = encode(&rpc, size)?;
         if data.len() > MAX_PEER_MESSAGE_BYTES && entries > 1 {
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(entries / 2),
@@ -580,7 +583,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse, RpcError<InstallSnapshotError>> {
-        let data = encode(&rpc)?;
+        let data = encode(&rpc, 0)?;
         self.call(Rpc::InstallSnapshot, data, &option).await
     }
 
@@ -589,7 +592,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest,
         option: RPCOption,
     ) -> Result<VoteResponse, RpcError> {
-        let data = encode(&rpc)?;
+        let data = encode(&rpc, 0)?;
         self.call(Rpc::Vote, data, &option).await
     }
 
