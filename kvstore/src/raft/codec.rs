@@ -14,6 +14,8 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::types::{Entry, EntryPayload};
+
 /// Encodes a Raft structure for disk (postcard).
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_stdvec(value)
@@ -27,6 +29,17 @@ pub fn encode_sized<T: Serialize + ?Sized>(
     capacity: usize,
 ) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_extend(value, Vec::with_capacity(capacity))
+}
+
+/// About how many bytes [`encode`] makes of `entry`: its command's encoding (made once and
+/// kept, see [`Request`](super::types::Request)) plus a little for the rest. A buffer size for
+/// encoding entries, and the measure of the entry cache's bound.
+pub fn encoded_size_hint(entry: &Entry) -> usize {
+    const OVERHEAD: usize = 64;
+    match &entry.payload {
+        EntryPayload::Normal(request) => OVERHEAD + request.wire().len(),
+        EntryPayload::Blank | EntryPayload::Membership(_) => OVERHEAD,
+    }
 }
 
 /// Decodes what [`encode`] wrote.
@@ -70,6 +83,15 @@ pub(crate) mod prost_bytes {
         deserializer.deserialize_bytes(Visitor::<M>(PhantomData))
     }
 
+    /// The bytes of a byte string that a self-describing format wrote as a sequence.
+    pub fn seq_bytes<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<Vec<u8>, A::Error> {
+        let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(b) = seq.next_element::<u8>()? {
+            bytes.push(b);
+        }
+        Ok(bytes)
+    }
+
     struct Visitor<M>(PhantomData<M>);
 
     impl<'de, M: prost::Message + Default> serde::de::Visitor<'de> for Visitor<M> {
@@ -83,12 +105,8 @@ pub(crate) mod prost_bytes {
             M::decode(bytes).map_err(E::custom)
         }
 
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<M, A::Error> {
-            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-            while let Some(b) = seq.next_element::<u8>()? {
-                bytes.push(b);
-            }
-            M::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<M, A::Error> {
+            M::decode(seq_bytes(seq)?.as_slice()).map_err(serde::de::Error::custom)
         }
     }
 }

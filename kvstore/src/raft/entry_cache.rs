@@ -15,8 +15,7 @@
 
 use std::collections::VecDeque;
 
-use openraft::EntryPayload;
-
+use super::codec::encoded_size_hint;
 use super::types::Entry;
 
 /// Encoded bytes of entries kept, about (the newest entry is kept whatever its size).
@@ -26,18 +25,8 @@ pub const CACHE_BYTES: usize = 4 << 20;
 #[derive(Default)]
 pub struct EntryCache {
     entries: VecDeque<Entry>,
-    /// The sum of [`size`] over `entries`.
+    /// The sum of [`encoded_size_hint`] over `entries`.
     bytes: usize,
-}
-
-/// An entry's size for the cache's bound, and about its encoded size: its command's encoding,
-/// plus a little for the rest.
-pub fn size(entry: &Entry) -> usize {
-    const OVERHEAD: usize = 64;
-    match &entry.payload {
-        EntryPayload::Normal(request) => OVERHEAD + request.wire().len(),
-        EntryPayload::Blank | EntryPayload::Membership(_) => OVERHEAD,
-    }
 }
 
 impl EntryCache {
@@ -53,7 +42,7 @@ impl EntryCache {
             if !follows {
                 self.clear();
             }
-            self.bytes += size(entry);
+            self.bytes += encoded_size_hint(entry);
             self.entries.push_back(entry.clone());
         }
         while self.bytes > CACHE_BYTES && self.entries.len() > 1 {
@@ -69,7 +58,7 @@ impl EntryCache {
             .is_some_and(|last| last.log_id.index >= index)
         {
             if let Some(entry) = self.entries.pop_back() {
-                self.bytes -= size(&entry);
+                self.bytes -= encoded_size_hint(&entry);
             }
         }
     }
@@ -108,7 +97,7 @@ impl EntryCache {
 
     fn pop_front(&mut self) {
         if let Some(entry) = self.entries.pop_front() {
-            self.bytes -= size(&entry);
+            self.bytes -= encoded_size_hint(&entry);
         }
     }
 
@@ -122,6 +111,8 @@ impl EntryCache {
 mod tests {
     use kvstore_proto::etcdserverpb::PutRequest;
     use proptest::prelude::*;
+
+    use openraft::EntryPayload;
 
     use super::*;
     use crate::apply::Command;

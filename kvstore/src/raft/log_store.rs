@@ -41,7 +41,7 @@ use parking_lot::Mutex;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use super::codec::{self, log_index, log_key, LOG_KEY_END};
-use super::entry_cache::{self, EntryCache};
+use super::entry_cache::EntryCache;
 use super::types::{
     Entry, LogFlushed, LogId, LogState, StorageError, StorageIOError, TypeConfig, Vote,
 };
@@ -364,7 +364,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let cf = self.store().backend().cf(CF_RAFT_LOG);
             for entry in &entries {
-                let bytes = codec::encode_sized(entry, entry_cache::size(entry))
+                let bytes = codec::encode_sized(entry, codec::encoded_size_hint(entry))
                     .map_err(|e| write_logs_err(&e))?;
                 batch.put_cf(&cf, log_key(entry.log_id.index), bytes);
             }

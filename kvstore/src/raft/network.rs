@@ -64,7 +64,6 @@ use tonic::Code;
 use super::peer_link::PeerLink;
 
 use super::codec;
-use super::entry_cache;
 use super::types::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     MemberNode, NodeId, TypeConfig, VoteRequest, VoteResponse,
@@ -568,7 +567,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RpcError> {
         let entries = rpc.entries.len() as u64;
-        let size = 128 + rpc.entries.iter().map(entry_cache::size).sum::<usize>();
+        let size = 128
+            + rpc
+                .entries
+                .iter()
+                .map(codec::encoded_size_hint)
+                .sum::<usize>();
         let data = encode(&rpc, size)?;
         if data.len() > MAX_PEER_MESSAGE_BYTES && entries > 1 {
             return Err(RPCError::PayloadTooLarge(
@@ -583,7 +587,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse, RpcError<InstallSnapshotError>> {
-        let data = encode(&rpc, 0)?;
+        let data = encode(&rpc, 128 + rpc.data.len())?;
         self.call(Rpc::InstallSnapshot, data, &option).await
     }
 
