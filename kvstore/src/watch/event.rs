@@ -7,6 +7,10 @@ use bytes::Bytes;
 use kvstore_proto::mvccpb::Event;
 use prost::Message;
 
+/// The events of one delivery, in revision order. A commit's watchers that take all of its
+/// events share one slice (one allocation per commit, not one per watcher).
+pub type EventBatch = std::sync::Arc<[std::sync::Arc<SharedEvent>]>;
+
 /// One event of a commit, shared (behind an `Arc`) by all the watchers it is delivered to,
 /// with its protobuf encoding made once, by the first stream that sends it, and reused by
 /// every other: with 10k watchers on a key, cloning and encoding the event per watcher was

@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 // Keys here are the hub's own sequential IDs, never a client's bytes: a fast hash is safe.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use super::event::SharedEvent;
+use super::event::{EventBatch, SharedEvent};
 use super::group::WatcherGroup;
 use super::queue::{Delivery, QueueLimits, StreamQueue, Wakeup};
 use super::watcher::{StreamId, WatchSpec, Watcher, WatcherKey, WatcherState};
@@ -309,19 +309,30 @@ impl WatchHub {
                 shared[i] = Some(Arc::new(SharedEvent::new(event.clone())));
             }
         }
-        matches.sort_unstable();
-        let mut deliveries: Vec<(StreamId, Delivery)> = Vec::new();
+        if committed.events.len() > 1 {
+            matches.sort_unstable();
+        }
+        // The usual commit has one event: its watchers that want it share one batch.
+        let single: Option<EventBatch> = match shared.as_slice() {
+            [Some(only)] => Some(Arc::from([Arc::clone(only)])),
+            _ => None,
+        };
+        let mut deliveries: Vec<(StreamId, Delivery)> = Vec::with_capacity(matches.len());
         for run in matches.chunk_by(|a, b| a.0 == b.0) {
             let key = run[0].0;
             let Some(w) = st.watchers.get(&key) else {
                 continue;
             };
-            let events: Vec<Arc<SharedEvent>> = run
-                .iter()
-                .filter_map(|&(_, i)| shared[i].as_ref())
-                .filter(|e| w.wants(e))
-                .cloned()
-                .collect();
+            let events: EventBatch = match &single {
+                Some(batch) if w.wants(&batch[0]) => Arc::clone(batch),
+                Some(_) => continue,
+                None => run
+                    .iter()
+                    .filter_map(|&(_, i)| shared[i].as_ref())
+                    .filter(|e| w.wants(e))
+                    .cloned()
+                    .collect(),
+            };
             if !events.is_empty() {
                 let delivery = Delivery::Events {
                     watcher: key,

@@ -32,7 +32,7 @@ pub mod queue;
 pub mod sync;
 pub mod watcher;
 
-pub use event::SharedEvent;
+pub use event::{EventBatch, SharedEvent};
 pub use hub::{HubConfig, HubStream, Registered, WatchHub};
 pub use queue::Delivery;
 pub use watcher::{Filters, WatchSpec, WatcherKey, WatcherState};

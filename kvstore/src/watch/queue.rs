@@ -14,7 +14,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
 
-use super::event::SharedEvent;
+use super::event::EventBatch;
 use super::watcher::WatcherKey;
 
 /// One thing the hub tells a stream.
@@ -27,7 +27,7 @@ pub enum Delivery {
         /// The store's revision the delivery reflects (for the response header).
         rev: i64,
         /// The events; shared between the watchers of one commit.
-        events: Vec<Arc<SharedEvent>>,
+        events: EventBatch,
     },
     /// The watcher's next revision was compacted away: it is cancelled and removed.
     Compacted {
@@ -225,6 +225,7 @@ impl StreamQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::SharedEvent;
     use kvstore_proto::mvccpb::{Event, KeyValue};
 
     fn events(n: usize, value_len: usize) -> Delivery {
@@ -240,7 +241,7 @@ mod tests {
         Delivery::Events {
             watcher: 1,
             rev: 1,
-            events: vec![ev; n],
+            events: vec![ev; n].into(),
         }
     }
 

@@ -194,7 +194,7 @@ impl WatchHub {
                 let delivery = Delivery::Events {
                     watcher: key,
                     rev: next_rev - 1,
-                    events,
+                    events: events.into(),
                 };
                 if stream.queue.try_push(delivery).is_err() {
                     w.state = WatcherState::Victim;

@@ -16,7 +16,7 @@ use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
-use crate::watch::SharedEvent;
+use crate::watch::{EventBatch, SharedEvent};
 
 /// `WatchResponse.header`.
 const HEADER_FIELD: u32 = 1;
@@ -37,7 +37,7 @@ pub enum Outbound {
         /// The watch the events are for.
         watch_id: i64,
         /// The events, shared with the other watchers of the commit.
-        events: Vec<Arc<SharedEvent>>,
+        events: EventBatch,
     },
     /// Any other response.
     Message(WatchResponse),
@@ -88,7 +88,7 @@ impl Outbound {
                     encode_key(WATCH_ID_FIELD, WireType::Varint, buf);
                     encode_varint(*watch_id as u64, buf);
                 }
-                for event in events {
+                for event in events.iter() {
                     let encoded = event.encoded();
                     encode_key(EVENTS_FIELD, WireType::LengthDelimited, buf);
                     encode_varint(encoded.len() as u64, buf);
@@ -243,7 +243,7 @@ mod tests {
                 ..WatchResponse::default()
             }
             .encode_to_vec();
-            let out = Outbound::Events { header, watch_id, events: shared };
+            let out = Outbound::Events { header, watch_id, events: shared.into() };
             prop_assert_eq!(out.encoded_len(), expected.len());
             let mut encoded = Vec::new();
             out.encode(&mut encoded);
