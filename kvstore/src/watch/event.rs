@@ -7,8 +7,8 @@ use bytes::Bytes;
 use kvstore_proto::mvccpb::Event;
 use prost::Message;
 
-/// The events of one delivery, in revision order. A commit's watchers that take all of its
-/// events share one slice (one allocation per commit, not one per watcher).
+/// The events of one delivery, in revision order. The watchers of a one-event commit (the
+/// usual one: a put) share one slice, one allocation per commit instead of one per watcher.
 pub type EventBatch = std::sync::Arc<[std::sync::Arc<SharedEvent>]>;
 
 /// One event of a commit, shared (behind an `Arc`) by all the watchers it is delivered to,

@@ -309,6 +309,7 @@ impl WatchHub {
                 shared[i] = Some(Arc::new(SharedEvent::new(event.clone())));
             }
         }
+        // With one event each watcher matched once: nothing to bring together.
         if committed.events.len() > 1 {
             matches.sort_unstable();
         }
