@@ -174,7 +174,6 @@ impl Node {
         lessor.bind(LessorOptions::from_config(member_id, &config));
         let metrics = Metrics::new();
         follow_leadership(&raft, Arc::clone(&lessor), metrics.leader_changes.clone());
-        wait_for_leader(&raft, Duration::from_millis(3 * config.election_timeout)).await;
         Ok(Arc::new(Self {
             config,
             store,
@@ -299,6 +298,15 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
         });
     }
 
+    // Clients are served once a leader is known (or after three election timeouts), so their
+    // first requests do not wait on an election; peers must be served before that wait, or
+    // the members of a new cluster cannot elect anyone until each has waited it out (and the
+    // peers' back-offs grow meanwhile: a fresh 3-member cluster took 3 s to start).
+    wait_for_leader(
+        &node.raft,
+        Duration::from_millis(3 * node.config.election_timeout),
+    )
+    .await;
     crate::corruption::initial_check(&node).await?;
     for url in &node.config.listen_client_urls {
         let addr = url_to_addr(url)?;

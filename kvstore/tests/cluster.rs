@@ -157,6 +157,40 @@ async fn killing_every_member_after_log_purges_loses_nothing() {
 
 /// Writes 200 keys, kills every member with SIGKILL, restarts them and checks every key and
 /// the revision on each.
+/// A member of a new cluster serves its peers at once, before any leader is known: its peers
+/// need it to elect one. Members once waited for a leader (up to three election timeouts)
+/// before listening at all, so no member of a fresh cluster could reach another until each had
+/// waited that out, and the peers' back-offs had grown meanwhile.
+#[tokio::test]
+async fn a_member_serves_its_peers_before_a_leader_is_known() {
+    use std::net::TcpStream;
+    // Three election timeouts are 15 s: far beyond the start-up of a process.
+    let mut cluster = Cluster::unstarted(3, &["--election-timeout", "5000"], &[]);
+    cluster.spawn(0);
+    let started = Instant::now();
+    let connect = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_ok();
+    while !connect(cluster.peer_port(0)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(7),
+            "the lone member's peer port is still closed after {:?}\n{}",
+            started.elapsed(),
+            cluster.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // No leader can exist with one member of three, so clients are not served yet.
+    assert!(
+        !connect(cluster.client_port(0)),
+        "clients served before a leader is known"
+    );
+    // With the others up a leader is elected, and every member serves clients.
+    cluster.spawn(1);
+    cluster.spawn(2);
+    let leader = cluster.leader().await;
+    let mut kv = cluster.kv(leader).await;
+    put(&mut kv, "after-start", "v").await.expect("put");
+}
+
 async fn kill_every_member_and_check(extra_args: &[&str]) {
     let mut cluster = Cluster::start_with(3, extra_args);
     cluster.leader().await;

@@ -33,10 +33,14 @@
 //! Each peer also keeps its own health: after an attempt that could not reach it (or after
 //! several timeouts in a row) it refuses further attempts as [`Unreachable`] until an
 //! exponentially growing back-off expires ([`PeerOptions::backoff_min`] doubling up to
-//! [`PeerOptions::backoff_max`]); any success ends it. This covers what
+//! [`PeerOptions::backoff_max`]); any success ends it. Attempts that fail together (an
+//! election and a heartbeat admitted at once) count as one failure. This covers what
 //! openraft's back-off does not: elections and read-index heartbeats (a new client each time)
 //! and timeouts (a black-holed peer), so a dead peer costs one attempt per back-off interval and
 //! one log line when it goes down and one when it comes back, not a line per heartbeat.
+//! openraft's replication back-off ([`RaftNetwork::backoff`]) waits out that same window
+//! instead of running a second schedule, so a peer that comes back gets its appends as soon as
+//! its window ends.
 
 // `RPCError` is openraft's error, required by its traits; boxing it in the helpers only to
 // unbox it at the trait boundary would buy nothing.
@@ -157,14 +161,6 @@ impl Peers {
     /// Forgets `target` (removed from the cluster); its channel closes once unused.
     pub fn remove(&self, target: NodeId) {
         self.peers.lock().remove(&target);
-    }
-
-    /// The back-off schedule of this member's peers.
-    fn backoff(&self) -> Backoff {
-        Backoff::new(ExponentialBackoff::new(
-            self.options.backoff_min,
-            self.options.backoff_max,
-        ))
     }
 }
 
@@ -318,6 +314,12 @@ impl Peer {
 
     fn record_failure(&self, cause: &dyn std::fmt::Display, unreachable: bool) {
         let mut health = self.health.lock();
+        if health.retry_at.is_some_and(|at| Instant::now() < at) {
+            // An attempt admitted before the running window began (elections and heartbeats
+            // try a peer concurrently): the same outage, already counted. Counting each would
+            // double the window per concurrent attempt, not per failed try.
+            return;
+        }
         health.failures = health.failures.saturating_add(1);
         if !unreachable && health.failures < TIMEOUTS_BEFORE_BACKOFF {
             return;
@@ -335,6 +337,14 @@ impl Peer {
         } else {
             tracing::debug!(peer = %self.id, failures = health.failures, ?delay, %cause, "peer still unreachable");
         }
+    }
+
+    /// How much of the peer's back-off window is left, if one is running.
+    fn retry_in(&self) -> Option<Duration> {
+        let retry_at = self.health.lock().retry_at?;
+        retry_at
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
     }
 
     /// Starts tracking one attempt that may be cancelled by openraft's own timeout.
@@ -379,7 +389,32 @@ fn backoff_delay(min: Duration, max: Duration, failures: u32) -> Duration {
     min.saturating_mul(1 << doublings).min(max)
 }
 
-/// An endless exponential back-off, for openraft's replication.
+/// openraft's replication back-off for one peer: wait until the peer's own back-off window
+/// ends, then try. Unreachable replies inside the window cost no network, so a schedule of
+/// openraft's own would only add to the peer's: two doubling schedules, each stretched by the
+/// other's refusals, left a member that started 3 s late without appends for 3 s more. Without
+/// a window (the peer's URL is unusable) it falls back to doubling from
+/// [`PeerOptions::backoff_min`].
+struct PeerBackoff {
+    peer: Arc<Peer>,
+    fallback: ExponentialBackoff,
+}
+
+/// Added to the rest of a window, so the retry lands after it ends, not just before.
+const WINDOW_SLACK: Duration = Duration::from_millis(1);
+
+impl Iterator for PeerBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        match self.peer.retry_in() {
+            Some(left) => Some(left + WINDOW_SLACK),
+            None => self.fallback.next(),
+        }
+    }
+}
+
+/// An endless exponential back-off.
 struct ExponentialBackoff {
     next: Duration,
     max: Duration,
@@ -424,7 +459,6 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             node: node.clone(),
             peer: self.peers.peer(target, node),
-            peers: Arc::clone(&self.peers),
         }
     }
 }
@@ -439,8 +473,6 @@ pub struct PeerConnection {
     node: MemberNode,
     /// The shared connection to it.
     peer: Arc<Peer>,
-    /// For the back-off schedule.
-    peers: Arc<Peers>,
 }
 
 /// Which Raft RPC a call is.
@@ -601,7 +633,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     }
 
     fn backoff(&self) -> Backoff {
-        self.peers.backoff()
+        let (min, max) = self.peer.backoff;
+        Backoff::new(PeerBackoff {
+            peer: Arc::clone(&self.peer),
+            fallback: ExponentialBackoff::new(min, max),
+        })
     }
 }
 
@@ -643,6 +679,45 @@ mod tests {
         peer.failed(&"connection refused");
         peer.succeeded();
         assert!(peer.client().is_ok(), "a success ends the back-off");
+    }
+
+    #[tokio::test]
+    async fn concurrent_failures_count_once() {
+        let peer = Peer::new(2, "http://127.0.0.1:1", &PeerOptions::default());
+        // Three attempts were admitted together; all three fail.
+        for _ in 0..3 {
+            peer.failed(&"connection refused");
+        }
+        assert_eq!(peer.health.lock().failures, 1, "one outage, one failure");
+        // The window ends; the next try fails too and doubles it.
+        peer.health.lock().retry_at = Some(Instant::now() - Duration::from_millis(1));
+        peer.failed(&"connection refused");
+        assert_eq!(peer.health.lock().failures, 2);
+    }
+
+    #[tokio::test]
+    async fn replication_waits_out_the_peer_window_and_no_longer() {
+        let options = PeerOptions {
+            backoff_min: Duration::from_millis(40),
+            ..PeerOptions::default()
+        };
+        let peer = Arc::new(Peer::new(2, "http://127.0.0.1:1", &options));
+        let mut backoff = PeerBackoff {
+            peer: Arc::clone(&peer),
+            fallback: ExponentialBackoff::new(options.backoff_min, options.backoff_max),
+        };
+        // However many refusals openraft met before, it waits for what is left of the window.
+        for left_ms in [700, 1500, 30] {
+            let left = Duration::from_millis(left_ms);
+            peer.health.lock().retry_at = Some(Instant::now() + left);
+            let wait = backoff.next().expect("endless");
+            assert!(wait <= left + WINDOW_SLACK, "{wait:?} for {left:?}");
+            assert!(wait > left.mul_f32(0.5), "{wait:?} for {left:?}");
+        }
+        // No window (an unusable URL never opens one): doubling on its own.
+        peer.health.lock().retry_at = None;
+        let alone: Vec<u64> = backoff.take(3).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(alone, vec![40, 80, 160]);
     }
 
     #[tokio::test]

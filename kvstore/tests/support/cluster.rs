@@ -86,6 +86,16 @@ impl Cluster {
     /// Like [`Cluster::start_with`], member `i` running as user `uids[i]` (members past the
     /// end of `uids` run as this process's user). Needs root.
     pub fn start_as(n: usize, extra_args: &[&str], uids: &[u32]) -> Self {
+        let mut cluster = Self::unstarted(n, extra_args, uids);
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    /// The cluster of [`Cluster::start_as`] with no member started yet ([`Cluster::spawn`]
+    /// starts one).
+    pub fn unstarted(n: usize, extra_args: &[&str], uids: &[u32]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut binary = PathBuf::from(env!("CARGO_BIN_EXE_kvstore"));
         if !uids.is_empty() {
@@ -111,17 +121,13 @@ impl Cluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Self {
+        Self {
             dir,
             members,
             initial,
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             binary,
-        };
-        for i in 0..n {
-            cluster.spawn(i);
         }
-        cluster
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {
