@@ -27,8 +27,8 @@
 //!   also sent as the gRPC deadline so the peer stops working on it too.
 //! - [`NetworkError`]: anything else on the way (a reset stream, an undecodable reply).
 //! - [`RemoteError`]: the peer's Raft answered with an error.
-//! - [`PayloadTooLarge`]: an append would exceed [`MAX_PEER_MESSAGE_BYTES`]; openraft retries
-//!   with fewer entries.
+//! - [`PayloadTooLarge`]: an append of several entries would exceed [`MAX_APPEND_BYTES`];
+//!   openraft retries at once with as many as fit.
 //!
 //! Each peer also keeps its own health: after an attempt that could not reach it (or after
 //! several timeouts in a row) it refuses further attempts as [`Unreachable`] until an
@@ -74,12 +74,31 @@ use super::types::{
 };
 
 /// Largest peer message, either way: comfortably above a snapshot chunk (openraft's default
-/// `snapshot_max_chunk_size` is 3 MiB) and a batch of appends of ordinary size. Larger appends
-/// are split ([`PayloadTooLarge`]); both ends of the peer service use this limit.
+/// `snapshot_max_chunk_size` is 3 MiB) and a single entry of batched writes (appends of several
+/// entries are split at [`MAX_APPEND_BYTES`]); both ends of the peer service use this limit.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
 
 /// An RPC error of the Raft network, with the remote API error `E`.
 type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, MemberNode, RaftError<NodeId, E>>;
+
+/// Most bytes of entries one AppendEntries carries, as etcd's `MaxSizePerMsg`. A larger one
+/// is split ([`PayloadTooLarge`] with a proportional entries hint; a single larger entry goes
+/// alone). openraft sends up to `max_payload_entries` (300) entries per append and gives it one
+/// heartbeat interval (100 ms): entries of batched writes are up to
+/// [`MAX_BATCH_BYTES`](super::batcher::MAX_BATCH_BYTES) each, and after a restart the leader
+/// probes a follower's log with such a run of entries (openraft's binary search sends entries
+/// from the middle of the unconfirmed range), tens of MB that timed out again and again.
+pub const MAX_APPEND_BYTES: usize = 1 << 20;
+
+/// The number of entries to send instead of `entries`, whose request encodes to `bytes`, when
+/// it is over [`MAX_APPEND_BYTES`]; `None` when it may go as it is.
+fn entries_hint(entries: u64, bytes: usize) -> Option<u64> {
+    if bytes <= MAX_APPEND_BYTES || entries <= 1 {
+        return None;
+    }
+    let fit = (entries as u128 * MAX_APPEND_BYTES as u128 / bytes as u128) as u64;
+    Some(fit.clamp(1, entries - 1))
+}
 
 /// Metadata key: the member ID a peer request is meant for (hex).
 pub const TO_MEMBER_HEADER: &str = "kvstore-to-member";
@@ -605,12 +624,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 .iter()
                 .map(codec::encoded_size_hint)
                 .sum::<usize>();
-        let data = encode(&rpc, size)?;
-        if data.len() > MAX_PEER_MESSAGE_BYTES && entries > 1 {
+        // Judged by the size estimate, before encoding: an oversized run of entries can be
+        // hundreds of MB.
+        if let Some(hint) = entries_hint(entries, size) {
             return Err(RPCError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint(entries / 2),
+                PayloadTooLarge::new_entries_hint(hint),
             ));
         }
+        let data = encode(&rpc, size)?;
         self.call(Rpc::AppendEntries, data, &option).await
     }
 
@@ -679,6 +700,21 @@ mod tests {
         peer.failed(&"connection refused");
         peer.succeeded();
         assert!(peer.client().is_ok(), "a success ends the back-off");
+    }
+
+    #[test]
+    fn appends_over_the_byte_budget_are_split_in_proportion() {
+        assert_eq!(entries_hint(300, MAX_APPEND_BYTES), None);
+        assert_eq!(
+            entries_hint(1, 50 * MAX_APPEND_BYTES),
+            None,
+            "one entry goes alone"
+        );
+        assert_eq!(entries_hint(300, 3 * MAX_APPEND_BYTES), Some(100));
+        assert_eq!(entries_hint(300, 1000 * MAX_APPEND_BYTES), Some(1));
+        assert_eq!(entries_hint(2, MAX_APPEND_BYTES + 1), Some(1));
+        // Never the same count again, so openraft's retry makes progress.
+        assert_eq!(entries_hint(300, MAX_APPEND_BYTES + 1), Some(299));
     }
 
     #[tokio::test]

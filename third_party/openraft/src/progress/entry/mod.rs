@@ -221,6 +221,15 @@ impl<NID: NodeId> ProgressEntry<NID> {
         // Run a binary search to find the matching log id, if matching log id is not determined.
         let matching_next = self.matching.next_index();
         let mut start = Self::calc_mid(matching_next, self.searching_end);
+        // PATCH(kvstore): the first probe of a fresh progress (a new leader, a new member)
+        // sends only the last entry, as etcd's probe does: a follower that is up to date (every
+        // follower after a clean restart) matches at once. The binary search sent the entries
+        // from the middle of the log instead, up to `max_payload_entries` of them, which with
+        // large entries was tens of MB per probe. A failed optimistic probe costs one round
+        // trip; the search then goes on from the conflict as before.
+        if self.matching.is_none() && self.curr_inflight_id == 0 && self.searching_end > matching_next {
+            start = self.searching_end - 1;
+        }
         if start < purge_upto_next {
             start = purge_upto_next;
         }
