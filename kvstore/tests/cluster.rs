@@ -155,8 +155,6 @@ async fn killing_every_member_after_log_purges_loses_nothing() {
     kill_every_member_and_check(&["--snapshot-count", "20"]).await;
 }
 
-/// Writes 200 keys, kills every member with SIGKILL, restarts them and checks every key and
-/// the revision on each.
 /// A member of a new cluster serves its peers at once, before any leader is known: its peers
 /// need it to elect one. Members once waited for a leader (up to three election timeouts)
 /// before listening at all, so no member of a fresh cluster could reach another until each had
@@ -191,6 +189,8 @@ async fn a_member_serves_its_peers_before_a_leader_is_known() {
     put(&mut kv, "after-start", "v").await.expect("put");
 }
 
+/// Writes 200 keys, kills every member with SIGKILL, restarts them and checks every key and
+/// the revision on each.
 async fn kill_every_member_and_check(extra_args: &[&str]) {
     let mut cluster = Cluster::start_with(3, extra_args);
     cluster.leader().await;

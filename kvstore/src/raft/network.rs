@@ -85,9 +85,9 @@ type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, MemberNode, Ra
 /// is split ([`PayloadTooLarge`] with a proportional entries hint; a single larger entry goes
 /// alone). openraft sends up to `max_payload_entries` (300) entries per append and gives it one
 /// heartbeat interval (100 ms): entries of batched writes are up to
-/// [`MAX_BATCH_BYTES`](super::batcher::MAX_BATCH_BYTES) each, and after a restart the leader
-/// probes a follower's log with such a run of entries (openraft's binary search sends entries
-/// from the middle of the unconfirmed range), tens of MB that timed out again and again.
+/// [`MAX_BATCH_BYTES`](super::batcher::MAX_BATCH_BYTES) each, so a run of them to a follower
+/// catching up was tens of MB that timed out again and again (and so was a new leader's first
+/// probe, before openraft patch 0002).
 pub const MAX_APPEND_BYTES: usize = 1 << 20;
 
 /// The number of entries to send instead of `entries`, whose request encodes to `bytes`, when
