@@ -297,18 +297,13 @@ impl Peer {
     /// Whether the peer may be tried now: not while its back-off after a failure lasts (then
     /// [`Unreachable`], without touching the network).
     pub fn admit(&self) -> Result<(), Unreachable> {
-        if let Some(retry_at) = self.health.lock().retry_at {
-            let now = Instant::now();
-            if now < retry_at {
-                return Err(Unreachable::from(AnyError::error(format!(
-                    "peer {} at {} is unreachable; next attempt in {:?}",
-                    self.id,
-                    self.url,
-                    retry_at - now
-                ))));
-            }
+        match self.retry_in() {
+            Some(left) => Err(Unreachable::from(AnyError::error(format!(
+                "peer {} at {} is unreachable; next attempt in {left:?}",
+                self.id, self.url
+            )))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Records that an RPC got through (whatever the peer answered).
