@@ -123,7 +123,8 @@ impl Node {
         let member_id = membership.member_id;
         let peers = Peers::new(member_id, PeerOptions::default());
         let log_store = LogStore::open_with_fsync(Arc::clone(&store), !config.unsafe_no_fsync)
-            .map_err(raft_error)?;
+            .map_err(raft_error)?
+            .for_member(member_id);
         let reload_alarms = Arc::clone(&alarms);
         let hub = Arc::downgrade(&watch_hub);
         let after_install: AfterInstall = Arc::new(move |store: &KvStore| {

@@ -10,9 +10,20 @@
 //! # Durability
 //! - **Append** is the one fsync on the write path. All entries of one call go into one
 //!   `WriteBatch`, written unsynced (so they are readable at once, as openraft requires), then
-//!   a dedicated sync thread calls `FlushWAL(sync)` and only then completes the call's
-//!   [`LogFlushed`] callback. The thread takes every callback queued while it was syncing, so
-//!   one fsync acknowledges several appends (group commit across calls as well as within one).
+//!   synced before the call's [`LogFlushed`] callback completes, in one of two places:
+//!   - *The leader's own entries* go to a dedicated sync thread, which calls `FlushWAL(sync)`
+//!     and then completes the callbacks of every append queued while it was syncing (group
+//!     commit across calls as well as within one). `append` returns before the fsync, so the
+//!     leader sends the entries to its followers while its own fsync runs (the openraft patch
+//!     in `third_party/openraft`).
+//!   - *Entries from another leader* (this member follows) are synced on the calling task
+//!     before `append` returns, as etcd's follower saves its WAL before it answers. Raft's core
+//!     only waits for that flush anyway, and handing it to the sync thread cost a thread
+//!     wake-up there and back on every append: 4 of a follower's ~11 context switches per
+//!     single-client put, and the time it took to wake the sleeping thread (see
+//!     `docs/benchmarks.md`). The task's worker is blocked for one `fdatasync`; the runtime's
+//!     other worker takes the queued tasks meanwhile.
+//!
 //!   RocksDB's WAL is a single ordered stream, so a sync makes everything written before it
 //!   durable, including the state machine's unsynced applies.
 //! - **Vote** is written with `sync` before `save_vote` returns: a member must never forget a
@@ -43,7 +54,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 use super::codec::{self, log_index, log_key, LOG_KEY_END};
 use super::entry_cache::EntryCache;
 use super::types::{
-    Entry, LogFlushed, LogId, LogState, StorageError, StorageIOError, TypeConfig, Vote,
+    Entry, LogFlushed, LogId, LogState, NodeId, StorageError, StorageIOError, TypeConfig, Vote,
 };
 use crate::mvcc::backend::{CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::mvcc::KvStore;
@@ -63,6 +74,11 @@ pub struct LogStore {
     /// The sync thread and the queue of appends waiting for its next fsync. `None` only while
     /// being dropped.
     syncer: Option<Syncer>,
+    /// This member's Raft ID, if known: entries made by another leader are synced inline (see
+    /// the module docs). `None` sends every append to the sync thread.
+    member: Option<NodeId>,
+    /// Appends are fsynced (false only with `--unsafe-no-fsync`).
+    fsync: bool,
 }
 
 /// The thread that makes appends durable and completes their callbacks, in order.
@@ -103,7 +119,25 @@ impl LogStore {
                 cache: Arc::default(),
             },
             syncer: Some(Syncer { queue, thread }),
+            member: None,
+            fsync,
         })
+    }
+
+    /// The same log store, told that it belongs to member `id`: appends of entries made by
+    /// another leader are then synced before `append` returns instead of on the sync thread.
+    pub fn for_member(mut self, id: NodeId) -> Self {
+        self.member = Some(id);
+        self
+    }
+
+    /// Whether this append is a follower's: its entries were made by a leader other than this
+    /// member (the leader's own appends must return before their fsync, see the module docs).
+    fn syncs_inline(&self, entries: &[Entry]) -> bool {
+        match (self.member, entries.first()) {
+            (Some(me), Some(first)) => first.log_id.leader_id.node_id != me,
+            _ => false,
+        }
     }
 
     fn store(&self) -> &KvStore {
@@ -368,6 +402,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .map_err(|e| write_logs_err(&e))?;
                 batch.put_cf(&cf, log_key(entry.log_id.index), bytes);
             }
+        }
+        if self.syncs_inline(&entries) {
+            // Written and synced in one call: the batch goes into the WAL, then fdatasync.
+            let mut opts = WriteOptions::default();
+            opts.set_sync(self.fsync);
+            self.store()
+                .backend()
+                .db()
+                .write_opt(batch, &opts)
+                .map_err(|e| write_logs_err(&e))?;
+            self.reader.cache.lock().append(&entries);
+            callback.log_io_completed(Ok(()));
+            return Ok(());
         }
         self.write(batch, false)
             .await
