@@ -11,11 +11,7 @@
 //! while those are in flight wait in its queue and go into the next entry together (a
 //! [`Command::Batch`], up to [`MAX_BATCH`] commands or about [`MAX_BATCH_BYTES`]), so one
 //! append, one fsync, one replication round and one apply pass serve them all. A write that
-//! finds nothing in flight is proposed at once, on its own: batching adds no delay. It is also
-//! proposed from the caller's own task when no other write is waiting and a slot is free,
-//! rather than through the batcher's task and a task spawned to await it: two fewer task
-//! hand-offs on the way in and one on the way back for every write of a lightly loaded member
-//! (see `docs/benchmarks.md`).
+//! finds nothing in flight is proposed at once, on its own: batching adds no delay.
 //!
 //! The state machine applies a batch's commands in order, each exactly as it would apply an
 //! entry of its own (its own revision, its own watch events, its own result), and records how
@@ -59,40 +55,20 @@ struct Pending {
 /// Hands writes to this member's Raft (the leader's), batched. Cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
-    /// Writes waiting for an entry.
     queue: mpsc::Sender<Pending>,
-    /// The entries that may be in flight: [`MAX_IN_FLIGHT`] permits, held from proposal to
-    /// answer. Waiters get released permits first (tokio's semaphore is fair), so a write
-    /// proposed directly never takes a slot from the queue.
-    slots: Arc<Semaphore>,
-    /// The Raft that direct writes are proposed to.
-    raft: Raft,
 }
 
 impl Batcher {
     /// A batcher proposing to `raft`; its task ends when every handle is dropped.
     pub fn spawn(raft: Raft) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE);
-        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        tokio::spawn(run(raft.clone(), pending, Arc::clone(&slots)));
-        Self { queue, slots, raft }
+        tokio::spawn(run(raft, pending));
+        Self { queue }
     }
 
     /// Proposes `command` and waits until it is applied (on this member, the leader) or
     /// refused: what `client_write` would answer for it alone.
     pub async fn write(&self, command: Command) -> WriteResult {
-        if self.queue.capacity() == self.queue.max_capacity() {
-            // Nobody waiting: a free slot means this write would go out alone right away, so
-            // propose it from here. (If this task is dropped meanwhile, the slot frees early
-            // and one more entry than usual may be in flight; the bound only paces batching.)
-            if let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() {
-                return self
-                    .raft
-                    .client_write(Request::new(command))
-                    .await
-                    .map(|response| response.data.0);
-            }
-        }
         let bytes = command_wire::encoded_len(&command);
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
@@ -110,7 +86,8 @@ impl Batcher {
 }
 
 /// Forms entries from the queue while slots for them are free.
-async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
+async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
