@@ -19,8 +19,7 @@
 //!   - *Entries from another leader* (this member follows) are synced on the calling task
 //!     before `append` returns, as etcd's follower saves its WAL before it answers. Raft's core
 //!     only waits for that flush anyway, and handing it to the sync thread cost a wake-up
-//!     there and back on every append (~90 µs on a follower between the WAL write and the
-//!     thread's `fdatasync` starting; single-client put p50 −5 % without it, see
+//!     there and back on every append (single-client put p50 −5 % without it, see
 //!     `docs/benchmarks.md`). The task's worker is blocked for one `fdatasync`; the runtime's
 //!     other worker takes the queued tasks meanwhile.
 //!
@@ -131,15 +130,6 @@ impl LogStore {
         self
     }
 
-    /// Whether this append is a follower's: its entries were made by a leader other than this
-    /// member (the leader's own appends must return before their fsync, see the module docs).
-    fn syncs_inline(&self, entries: &[Entry]) -> bool {
-        match (self.member, entries.first()) {
-            (Some(me), Some(first)) => first.log_id.leader_id.node_id != me,
-            _ => false,
-        }
-    }
-
     fn store(&self) -> &KvStore {
         &self.reader.store
     }
@@ -158,13 +148,20 @@ impl LogStore {
         self.reader.clone()
     }
 
-    /// Writes a batch; with `sync`, on a blocking thread, returning once it is on disk.
-    async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
+    /// Writes a batch on the calling task; with `sync`, returns once it is on disk.
+    fn write_here(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
+        self.store().backend().db().write_opt(batch, &opts)
+    }
+
+    /// Writes a batch; with `sync`, on a blocking thread, returning once it is on disk.
+    async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
         if !sync {
-            return self.store().backend().db().write_opt(batch, &opts);
+            return self.write_here(batch, false);
         }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
         let store = Arc::clone(&self.reader.store);
         tokio::task::spawn_blocking(move || store.backend().db().write_opt(batch, &opts))
             .await
@@ -200,6 +197,17 @@ fn sync_loop(store: &KvStore, pending: &mpsc::Receiver<LogFlushed>, fsync: bool)
                     .map_err(|e| io::Error::other(e.to_string())),
             );
         }
+    }
+}
+
+/// Whether an append to the log of `member` is a follower's: its entries were made by a leader
+/// other than this member, so it is synced before `append` returns. The leader's own appends
+/// return before their fsync (see the module docs); so does every append of a log store that
+/// does not know its member.
+fn is_followers_append(member: Option<NodeId>, entries: &[Entry]) -> bool {
+    match (member, entries.first()) {
+        (Some(me), Some(first)) => first.log_id.leader_id.node_id != me,
+        _ => false,
     }
 }
 
@@ -403,23 +411,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 batch.put_cf(&cf, log_key(entry.log_id.index), bytes);
             }
         }
-        if self.syncs_inline(&entries) {
-            // Written and synced in one call: the batch goes into the WAL, then fdatasync.
-            let mut opts = WriteOptions::default();
-            opts.set_sync(self.fsync);
-            self.store()
-                .backend()
-                .db()
-                .write_opt(batch, &opts)
-                .map_err(|e| write_logs_err(&e))?;
-            self.reader.cache.lock().append(&entries);
+        let follower = is_followers_append(self.member, &entries);
+        self.write_here(batch, follower && self.fsync)
+            .map_err(|e| write_logs_err(&e))?;
+        self.reader.cache.lock().append(&entries);
+        if follower {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        self.write(batch, false)
-            .await
-            .map_err(|e| write_logs_err(&e))?;
-        self.reader.cache.lock().append(&entries);
         let Some(syncer) = &self.syncer else {
             unreachable!("invariant: the sync thread lives as long as the log store");
         };
@@ -471,5 +470,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| write_logs_err(&e))?;
         self.reader.cache.lock().purge(log_id.index);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn blank(leader: NodeId, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, leader), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[test]
+    fn only_entries_another_leader_made_are_a_followers_append() {
+        assert!(is_followers_append(Some(1), &[blank(2, 1), blank(2, 2)]));
+        assert!(!is_followers_append(Some(2), &[blank(2, 1), blank(2, 2)]));
+        assert!(!is_followers_append(None, &[blank(2, 1)]));
+        assert!(!is_followers_append(Some(1), &[]));
     }
 }
