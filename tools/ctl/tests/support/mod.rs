@@ -304,8 +304,13 @@ impl Side {
 
     /// Literal replacements for this side's IDs and ports, longest first. The 16-digit forms are
     /// zero-padded: space-padded (`{:16x}`), an ID below 2^60 took the space before it into the
-    /// mask and broke the comma-separated rows around it (1 run in 16).
+    /// mask and broke the comma-separated rows around it (1 run in 16). The space-padded form
+    /// is masked only after the words etcdctl prints it after (`Member %16x added to cluster
+    /// %16x`), so an ID below 2^60 on one side and not the other is not a difference.
     pub fn masks(&self) -> Vec<(String, String)> {
+        let padded = |word: &str, id: u64, mask: &str| {
+            (format!("{word} {id:16x}"), format!("{word} {mask}"))
+        };
         let mut m = vec![
             (
                 format!("127.0.0.1:{}", self.etcd.client_port),
@@ -315,9 +320,11 @@ impl Side {
                 format!("127.0.0.1:{}", self.etcd.peer_port),
                 "<PEER>".to_string(),
             ),
+            padded("cluster", self.cluster_id, "<CLUSTER>"),
             (format!("{:016x}", self.cluster_id), "<CLUSTER>".to_string()),
             (format!("{:x}", self.cluster_id), "<CLUSTER>".to_string()),
             (self.cluster_id.to_string(), "<CLUSTER>".to_string()),
+            padded("Member", self.member_id, "<MEMBER>"),
             (format!("{:016x}", self.member_id), "<MEMBER>".to_string()),
             (format!("{:x}", self.member_id), "<MEMBER>".to_string()),
             (self.member_id.to_string(), "<MEMBER>".to_string()),
@@ -327,6 +334,7 @@ impl Side {
             m.push((l.to_string(), "<LEASE>".to_string()));
         }
         for id in &self.members {
+            m.push(padded("Member", *id, "<NEW_MEMBER>"));
             m.push((format!("{id:016x}"), "<NEW_MEMBER>".to_string()));
             m.push((format!("{id:x}"), "<NEW_MEMBER>".to_string()));
             m.push((id.to_string(), "<NEW_MEMBER>".to_string()));
