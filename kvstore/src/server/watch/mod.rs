@@ -1,13 +1,22 @@
 //! The Watch service: etcd's bidirectional Watch stream (etcd's `v3rpc/watch.go`) over the
 //! member's [`crate::watch::WatchHub`].
 //!
-//! Each stream is served by one task that owns the client's request stream, the stream's
-//! [`HubStream`](crate::watch::HubStream) and a small bounded channel of response batches to gRPC. It handles, one at a
-//! time: a request (create, cancel, progress), the deliveries queued in the hub (events, a
-//! compaction cancel, progress), and the progress-notify tick. A create is answered before the
-//! task looks at the hub again, so a watch's `created` response always precedes its events.
-//! When the client goes away, the member shuts down or the request stream fails, the task ends
-//! and dropping its [`HubStream`] removes every watcher of the stream.
+//! Each stream is a [`Session`] that owns the client's request stream and the stream's
+//! [`HubStream`](crate::watch::HubStream), and whose stream of response batches is the gRPC
+//! response body. It handles, one at a time: a request (create, cancel, progress), the
+//! deliveries queued in the hub (events, a compaction cancel, progress), and the
+//! progress-notify tick. A create is answered before the session looks at the hub again, so a
+//! watch's `created` response always precedes its events. When the client goes away (gRPC
+//! drops the body), the member shuts down or the request stream fails, the session ends and
+//! dropping its [`HubStream`] removes every watcher of the stream.
+//!
+//! # Why no task of its own
+//! The session ran as a task of its own that sent its batches to gRPC through a channel, so
+//! each commit woke two tasks per stream: the session's, then the HTTP/2 stream's that encodes
+//! and sends. gRPC now polls the session's responses on the HTTP/2 stream's task, which the
+//! hub's delivery wakes directly. Flow control works as before: a client that does not read
+//! stops gRPC polling the body, the session stops taking from the hub's queue, and the hub sets
+//! the stream's watchers aside once that queue is full.
 //!
 //! # Why batches
 //! The responses of one step (typically one commit's events for every watcher of the stream)
@@ -27,7 +36,7 @@
 //! generated code written out around our own.
 //!
 //! # Layout
-//! - [`session`]: one stream's task: requests, deliveries, progress, batches.
+//! - [`session`]: one stream: requests, deliveries, progress, batches.
 //! - [`wire`]: responses as handed to gRPC, their encoding (byte for byte prost's), fragments,
 //!   the codec.
 //! - [`grpc`]: the `etcdserverpb.Watch` gRPC service over the codec.
@@ -38,8 +47,6 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use kvstore_proto::etcdserverpb::WatchRequest;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use crate::node::Node;
@@ -60,10 +67,6 @@ pub const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// etcd's `grpcOverheadBytes`: a response is fragmented (when the watch asked for it) once it
 /// reaches `--max-request-bytes` plus this.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
-/// Response batches buffered between a stream's task and gRPC; the hub's queue holds the rest.
-/// A batch holds what one step took from the hub's queue (bounded by the queue's bytes) plus
-/// the `prev_kv` it asked for, so two keep memory per slow stream near the queue's own bound.
-const OUTBOUND_BATCHES: usize = 2;
 
 /// The Watch service of one member.
 pub struct WatchService {
@@ -118,17 +121,15 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<Outbound, Status>> + Send>>;
 
 impl WatchService {
-    /// Starts serving one Watch stream: spawns its task and returns the responses it sends.
+    /// Starts serving one Watch stream: the responses its session sends.
     fn open(&self, inbound: Streaming<WatchRequest>) -> ResponseStream {
-        let (out, batches) = mpsc::channel(OUTBOUND_BATCHES);
         let session = Session::new(
             Arc::clone(&self.node),
-            out,
             self.progress_interval,
             self.node.config.max_request_bytes + GRPC_OVERHEAD_BYTES,
         );
-        tokio::spawn(session.run(inbound));
-        let responses = ReceiverStream::new(batches)
+        let responses = session
+            .responses(inbound)
             .flat_map(|batch: Vec<Outbound>| futures::stream::iter(batch.into_iter().map(Ok)));
         Box::pin(responses)
     }

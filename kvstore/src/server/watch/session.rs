@@ -1,18 +1,19 @@
-//! One Watch stream's task (see the [module docs](super)): it owns the client's request
-//! stream, the stream's [`HubStream`] and a small bounded channel of response batches to gRPC
-//! (encoded there, see [`super::wire`]).
+//! One Watch stream's state (see the [module docs](super)): the client's request stream, the
+//! stream's [`HubStream`] and the responses of the current step, handed to gRPC as one batch
+//! (encoded there, see [`super::wire`]) by the stream of responses [`Session::responses`] makes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
 use kvstore_proto::etcdserverpb::{
     watch_create_request::FilterType, watch_request::RequestUnion, ResponseHeader,
     WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use kvstore_proto::mvccpb::{event::EventType, Event};
 use rustc_hash::FxHashMap;
-use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
 use super::wire::{fragments, Outbound};
@@ -57,8 +58,6 @@ pub(super) struct Session {
     node: Arc<Node>,
     /// This stream's registration in the hub.
     hub: HubStream,
-    /// Response batches to the client.
-    out: mpsc::Sender<Vec<Outbound>>,
     /// Responses of the current step, sent as one batch when it ends.
     pending: Vec<Outbound>,
     /// This member's header as of the start of the current step (the revision is per response).
@@ -78,17 +77,16 @@ pub(super) struct Session {
 }
 
 impl Session {
-    /// A stream of `node` sending its response batches to `out`.
+    /// A new stream of `node`.
     pub(super) fn new(
         node: Arc<Node>,
-        out: mpsc::Sender<Vec<Outbound>>,
         progress_interval: Duration,
         max_response_bytes: usize,
     ) -> Self {
+        node.metrics.watch_streams.inc();
         Self {
             hub: node.watch_hub.open_stream(),
             node,
-            out,
             pending: Vec::new(),
             step_header: ResponseHeader::default(),
             watches: FxHashMap::default(),
@@ -99,49 +97,28 @@ impl Session {
         }
     }
 
-    /// Serves the stream until the client goes away or the member stops.
-    pub(super) async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
-        let metrics_streams = self.node.metrics.watch_streams.clone();
-        metrics_streams.inc();
+    /// The stream's responses, one batch per step that has any, until the client closes the
+    /// stream, its request stream fails or the member stops. gRPC polls this stream on the
+    /// HTTP/2 stream's own task, so the step runs there: a delivery wakes one task, not this
+    /// stream's and then gRPC's (a hand-off per stream per commit, see the module docs).
+    pub(super) fn responses(
+        self,
+        inbound: Streaming<WatchRequest>,
+    ) -> impl Stream<Item = Vec<Outbound>> + Send {
         let period = jittered(self.progress_interval);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let shutdown = self.node.shutdown.clone();
-        let mut inbound_open = true;
-        loop {
-            let mut step = tokio::select! {
-                _ = shutdown.cancelled() => Err(Gone),
-                _ = self.out.closed() => Err(Gone),
-                req = inbound.message(), if inbound_open => match req {
-                    Ok(Some(req)) => {
-                        self.handle(req);
-                        Ok(())
-                    }
-                    Ok(None) => {
-                        // etcd keeps serving a stream whose client closed its sending side.
-                        inbound_open = false;
-                        Ok(())
-                    }
-                    Err(status) => {
-                        tracing::debug!(cause = %status, "watch request stream failed");
-                        Err(Gone)
-                    }
-                },
-                delivery = self.hub.recv() => self.deliver_queued(delivery).await,
-                _ = ticker.tick() => {
-                    self.progress_tick();
-                    Ok(())
-                }
-            };
-            if step.is_ok() {
-                step = self.flush().await;
-            }
-            if step.is_err() {
-                break;
-            }
-        }
-        self.node.metrics.watchers.sub(self.watches.len() as i64);
-        metrics_streams.dec();
+        let serving = Serving {
+            shutdown: self.node.shutdown.clone(),
+            session: self,
+            inbound,
+            inbound_open: true,
+            ticker,
+        };
+        futures::stream::unfold(serving, |mut serving| async move {
+            let batch = serving.next_batch().await?;
+            Some((batch, serving))
+        })
     }
 
     /// A header for `revision` from this member, with the Raft term read at the start of the
@@ -161,15 +138,6 @@ impl Session {
     /// Adds one response to the current step's batch.
     fn send(&mut self, resp: WatchResponse) {
         self.pending.push(Outbound::Message(resp));
-    }
-
-    /// Sends the current step's batch; fails once the client is gone.
-    async fn flush(&mut self) -> Result<(), Gone> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.pending);
-        self.out.send(batch).await.map_err(|_| Gone)
     }
 
     /// Handles one client request; its answer goes out with the step's batch.
@@ -378,6 +346,65 @@ impl Session {
                     self.hub.request_progress(*key);
                 }
                 entry.quiet = true;
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.node.metrics.watchers.sub(self.watches.len() as i64);
+        self.node.metrics.watch_streams.dec();
+    }
+}
+
+/// A session being served: what its steps wait on besides the hub.
+struct Serving {
+    session: Session,
+    /// The client's requests.
+    inbound: Streaming<WatchRequest>,
+    /// The client has not closed its sending side.
+    inbound_open: bool,
+    /// The progress-notify tick.
+    ticker: tokio::time::Interval,
+    /// The member is stopping.
+    shutdown: CancellationToken,
+}
+
+impl Serving {
+    /// Runs steps until one has responses, and returns them; `None` once the stream is over.
+    /// A step handles one of: a request (create, cancel, progress), the deliveries queued in
+    /// the hub (events, a compaction cancel, progress), the progress-notify tick. A create is
+    /// answered before the hub is looked at again, so a watch's `created` precedes its events.
+    async fn next_batch(&mut self) -> Option<Vec<Outbound>> {
+        let session = &mut self.session;
+        loop {
+            let step = tokio::select! {
+                _ = self.shutdown.cancelled() => Err(Gone),
+                req = self.inbound.message(), if self.inbound_open => match req {
+                    Ok(Some(req)) => {
+                        session.handle(req);
+                        Ok(())
+                    }
+                    Ok(None) => {
+                        // etcd keeps serving a stream whose client closed its sending side.
+                        self.inbound_open = false;
+                        Ok(())
+                    }
+                    Err(status) => {
+                        tracing::debug!(cause = %status, "watch request stream failed");
+                        Err(Gone)
+                    }
+                },
+                delivery = session.hub.recv() => session.deliver_queued(delivery).await,
+                _ = self.ticker.tick() => {
+                    session.progress_tick();
+                    Ok(())
+                }
+            };
+            step.ok()?;
+            if !session.pending.is_empty() {
+                return Some(std::mem::take(&mut session.pending));
             }
         }
     }
