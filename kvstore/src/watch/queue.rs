@@ -2,7 +2,7 @@
 //! WatchResponse` of 128), bounded by a message count and a byte budget.
 //!
 //! The hub pushes without ever waiting: a push that does not fit fails, and the hub sets the
-//! watcher aside. The stream's task pops, and once a queue that refused a push has drained to
+//! watcher aside. The stream's session pops, and once a queue that refused a push has drained to
 //! half of both bounds it wakes the hub's catch-up thread, which then resumes the set-aside
 //! watchers from history. An empty queue accepts any one message, so a transaction larger than
 //! the byte budget is still delivered: the queue holds at most the budget plus one message.

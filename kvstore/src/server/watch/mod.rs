@@ -29,7 +29,7 @@
 //! A commit's event goes to each watcher of its key in a response of that watcher's own (one
 //! watch ID per response). Handing tonic `WatchResponse` messages meant cloning the event for
 //! every watcher and encoding each clone field by field: with 1000 watchers of a key, a
-//! thousand copies of the same bytes. The stream's task now hands gRPC the commit's shared
+//! thousand copies of the same bytes. The stream's session now hands gRPC the commit's shared
 //! events ([`crate::watch::SharedEvent`]) and the codec copies each one's encoding, made once
 //! per commit, into the response (10 % less server CPU per event in the fan-out benchmark).
 //! tonic's generated service fixes the codec, so the service ([`WatchServer`]) is that

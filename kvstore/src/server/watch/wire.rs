@@ -1,6 +1,6 @@
 //! Watch responses on their way to gRPC, and the codec that encodes them.
 //!
-//! A stream's task hands gRPC [`Outbound`] responses. One carrying a watcher's events holds
+//! A stream's session hands gRPC [`Outbound`] responses. One carrying a watcher's events holds
 //! the commit's shared events, and the codec writes it field by field straight into tonic's
 //! buffer, each event copied from its encoding made once ([`SharedEvent::encoded`]); anything
 //! else is a [`WatchResponse`] that prost encodes. Either way the bytes are what prost would
