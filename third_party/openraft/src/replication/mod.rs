@@ -63,6 +63,14 @@ use crate::StorageError;
 use crate::StorageIOError;
 use crate::Vote;
 
+/// PATCH(kvstore): commits arriving less than this apart count as a busy leader's, whose
+/// committed index waits for the next AppendEntries instead of taking one of its own.
+const BUSY_COMMITS: Duration = Duration::from_millis(2);
+
+/// PATCH(kvstore): the longest a committed index waits for an AppendEntries to carry it
+/// (tokio's timer rounds up to its next 1 ms tick).
+const COMMIT_HOLD: Duration = Duration::from_millis(1);
+
 /// The handle to a spawned replication stream.
 pub(crate) struct ReplicationHandle<C>
 where C: RaftTypeConfig
@@ -142,6 +150,13 @@ where
     /// Next replication action to run.
     next_action: Option<Data<C>>,
 
+    /// PATCH(kvstore): a committed index the target has not been sent yet, held back for the
+    /// next AppendEntries to carry (see `process_event`).
+    commit_unsent: bool,
+
+    /// PATCH(kvstore): when the last committed index arrived from RaftCore.
+    last_commit_at: Option<InstantOf<C>>,
+
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
@@ -197,6 +212,8 @@ where
             rx_event,
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
+            commit_unsent: false,
+            last_commit_at: None,
             entries_hint: Default::default(),
         };
 
@@ -224,6 +241,10 @@ where
             tracing::debug!(replication_data = display(&d), "{} send replication RPC", func_name!());
 
             let request_id = d.request_id();
+            // PATCH(kvstore): every AppendEntries carries `self.committed`.
+            if matches!(d, Data::Heartbeat | Data::Logs(_)) {
+                self.commit_unsent = false;
+            }
 
             let res = match d {
                 Data::Heartbeat => {
@@ -630,8 +651,21 @@ where
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
         if self.next_action.is_none() {
-            let event =
-                self.rx_event.recv().await.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
+            // PATCH(kvstore): a held-back committed index goes out on its own once
+            // COMMIT_HOLD passes without an AppendEntries to carry it.
+            let event = if self.commit_unsent {
+                let sleep = C::sleep(COMMIT_HOLD);
+                select! {
+                    _ = sleep => {
+                        self.next_action = Some(Data::new_heartbeat());
+                        return Ok(());
+                    }
+                    ev = self.rx_event.recv() => ev,
+                }
+            } else {
+                self.rx_event.recv().await
+            };
+            let event = event.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
             self.process_event(event);
         }
 
@@ -679,8 +713,17 @@ where
 
                 self.committed = c;
 
-                // If there is no action, fill in an heartbeat action to send committed index.
-                if self.next_action.is_none() {
+                // PATCH(kvstore): while commits come less than BUSY_COMMITS apart, the next
+                // AppendEntries (the next write's entries, soon) carries the committed index,
+                // or a heartbeat does after COMMIT_HOLD (`drain_events`): a follower learns it
+                // at most about that much later. At a lower rate every commit is sent at once,
+                // as upstream does, with an AppendEntries of its own.
+                let now = C::now();
+                let busy = self.last_commit_at.is_some_and(|t| now - t < BUSY_COMMITS);
+                self.last_commit_at = Some(now);
+                if busy {
+                    self.commit_unsent = true;
+                } else if self.next_action.is_none() {
                     self.next_action = Some(Data::new_heartbeat());
                 }
             }
