@@ -150,9 +150,9 @@ where
     /// Next replication action to run.
     next_action: Option<Data<C>>,
 
-    /// PATCH(kvstore): a committed index the target has not been sent yet, held back for the
-    /// next AppendEntries to carry (see `process_event`).
-    commit_unsent: bool,
+    /// PATCH(kvstore): when a committed index held back for the next AppendEntries to carry
+    /// must go out on its own (see `process_event`); `None` when none is held.
+    commit_due: Option<InstantOf<C>>,
 
     /// PATCH(kvstore): when the last committed index arrived from RaftCore.
     last_commit_at: Option<InstantOf<C>>,
@@ -212,7 +212,7 @@ where
             rx_event,
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
-            commit_unsent: false,
+            commit_due: None,
             last_commit_at: None,
             entries_hint: Default::default(),
         };
@@ -243,7 +243,7 @@ where
             let request_id = d.request_id();
             // PATCH(kvstore): every AppendEntries carries `self.committed`.
             if matches!(d, Data::Heartbeat | Data::Logs(_)) {
-                self.commit_unsent = false;
+                self.commit_due = None;
             }
 
             let res = match d {
@@ -651,10 +651,10 @@ where
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
         if self.next_action.is_none() {
-            // PATCH(kvstore): a held-back committed index goes out on its own once
-            // COMMIT_HOLD passes without an AppendEntries to carry it.
-            let event = if self.commit_unsent {
-                let sleep = C::sleep(COMMIT_HOLD);
+            // PATCH(kvstore): a held-back committed index goes out on its own when it is due
+            // and no AppendEntries carried it.
+            let event = if let Some(due) = self.commit_due {
+                let sleep = C::sleep(due - C::now());
                 select! {
                     _ = sleep => {
                         self.next_action = Some(Data::new_heartbeat());
@@ -722,7 +722,7 @@ where
                 let busy = self.last_commit_at.is_some_and(|t| now - t < BUSY_COMMITS);
                 self.last_commit_at = Some(now);
                 if busy {
-                    self.commit_unsent = true;
+                    self.commit_due.get_or_insert(now + COMMIT_HOLD);
                 } else if self.next_action.is_none() {
                     self.next_action = Some(Data::new_heartbeat());
                 }
