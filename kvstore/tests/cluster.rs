@@ -280,8 +280,9 @@ async fn served_revision(kv: &mut KvClient<Channel>) -> i64 {
 /// next AppendEntries (openraft patch 0003). When the writes stop, the last one's commit index
 /// must still reach the followers within a few ms, not with the next periodic heartbeat (2 s
 /// apart here). With the hold's own timer removed (a 10 s hold instead of 1 ms) this failed in
-/// 3 of 3 runs, at the first to fifth burst; 64 writers keep commits close enough together in
-/// a debug build for the last ones to be held (16 writers were not enough).
+/// 4 of 4 runs, at the first to eighth of ten bursts (with six bursts, 2 of 3); 64 writers keep
+/// commits close enough together in a debug build for the last ones to be held (16 writers
+/// were not enough).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_apply_the_last_write_of_a_burst_without_waiting_for_a_heartbeat() {
     let cluster = Cluster::start_with(
@@ -295,7 +296,7 @@ async fn followers_apply_the_last_write_of_a_burst_without_waiting_for_a_heartbe
     );
     let leader = cluster.leader().await;
     let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    for burst in 0..6 {
+    for burst in 0..10 {
         let mut writers = Vec::new();
         for w in 0..64 {
             let mut kv = cluster.kv(leader).await;
