@@ -12,6 +12,19 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// No transparent huge pages for this process. mimalloc asks for them (`madvise(MADV_HUGEPAGE)`)
+/// on the memory it maps, and it gives memory back in smaller pieces than 2 MiB, so the kernel
+/// kept faulting in and zeroing whole 2 MiB pages: `clear_page_erms` was 8 % of the members' CPU
+/// with 256 clients putting (`perf`; docs/benchmarks.md). What the flag is set on is the process's
+/// address space, so it covers RocksDB's allocations and hosts where THP is `always`, and it is
+/// set before the runtime's workers allocate much. A kernel without the flag just keeps THP.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("kvstore: cannot disable transparent huge pages: {err}");
+    }
+}
+
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(format!("{level},kvstore={level}", level = config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("warn"));
@@ -47,8 +60,19 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-#[tokio::main]
-pub async fn main() -> std::process::ExitCode {
+pub fn main() -> std::process::ExitCode {
+    disable_transparent_huge_pages();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("kvstore: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run())
+}
+
+async fn run() -> std::process::ExitCode {
     let config = Config::parse();
     init_logging(&config);
     let node = match Node::open(config).await {
