@@ -17,8 +17,6 @@
 //!   installing one.
 //! - [`network`]: [`PeerNetwork`], openraft's network over the peer service, with one cached
 //!   channel per peer ([`Peers`]), timeouts and back-off.
-//! - [`peer_link`]: a unary gRPC call over a raw HTTP/2 connection, so an AppendEntries
-//!   leaves in one write instead of tonic's two.
 //! - [`batcher`]: proposal batching — writes that arrive together share one log entry (and
 //!   one fsync), since openraft 0.9 syncs each `client_write` on its own.
 //! - [`proposer`]: [`RaftProposer`], writes through the log (forwarded to the leader from a
@@ -43,7 +41,6 @@ pub mod entry_cache;
 pub mod log_store;
 pub mod membership;
 pub mod network;
-pub mod peer_link;
 pub mod prevote;
 pub mod proposer;
 pub mod read_index;

@@ -4,8 +4,8 @@
 //!   talks to that peer: the replication stream, elections, read-index heartbeats, forwarded
 //!   writes and read indexes ([`RaftProposer`](super::proposer::RaftProposer)). A channel
 //!   connects on first use and reconnects by itself after the connection breaks. AppendEntries
-//!   and forwarded writes go over a second connection per peer, a raw HTTP/2 [`PeerLink`],
-//!   which writes a request in one go where the channel needs two (see [`super::peer_link`]).
+//!   and forwarded writes go over a second connection per peer, a raw HTTP/2 [`PeerLink`]
+//!   (the `grpc-link` crate), which writes a request in one go where the channel needs two.
 //! - [`PeerNetwork`] is openraft's [`RaftNetworkFactory`]; the [`PeerConnection`]s it hands
 //!   out are cheap (a cached channel and the target's address) because openraft asks for one
 //!   per election and per read index, not only per replication stream.
@@ -65,7 +65,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use super::peer_link::PeerLink;
+use grpc_link::Link as PeerLink;
 
 use super::codec;
 use super::types::{
@@ -193,7 +193,7 @@ pub struct Peer {
     channel: Result<Channel, String>,
     /// This peer's member ID in hex, the value of [`TO_MEMBER_HEADER`] on every request to it.
     to_member: HeaderValue,
-    /// The raw HTTP/2 link that carries AppendEntries ([`super::peer_link`]); `None` when the
+    /// The raw HTTP/2 link that carries AppendEntries (the `grpc-link` crate); `None` when the
     /// URL is unusable.
     link: Option<PeerLink>,
     /// Back-off bounds, from [`PeerOptions`].
@@ -272,7 +272,7 @@ impl Peer {
             tonic::Status::unavailable(format!("invalid peer URL {:?}", self.url))
         })?;
         let to = self.to_member.clone();
-        link.unary(path, message, &[(TO_MEMBER_HEADER, to)], ttl)
+        link.unary(path, message, &[(TO_MEMBER_HEADER, to)], Some(ttl))
             .await
     }
 

@@ -43,11 +43,11 @@ use tonic::Code;
 
 use super::batcher::Batcher;
 use super::network::{Peers, FORWARD_PATH};
-use super::peer_link::ConnectFailed;
 use super::read_index::{leader_read_index, ReadIndexBatch, ReadIndexError};
 use super::types::{MemberNode, NodeId, Raft};
 use crate::apply::{Applied, Command, Proposer};
 use crate::Error;
+use grpc_link::ConnectFailed;
 
 /// etcd's message for a request sent to a member that is not the leader (`ErrGRPCNotLeader`).
 pub const NOT_LEADER: &str = "etcdserver: not leader";

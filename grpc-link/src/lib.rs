@@ -1,6 +1,7 @@
-//! A unary gRPC call to a peer over a raw HTTP/2 connection, for the calls on the write path
-//! (AppendEntries, and writes a follower forwards to the leader): the request's HEADERS and
-//! DATA frames leave in one write.
+//! A unary gRPC call over a raw HTTP/2 connection, for the calls where the hops of a tonic
+//! channel show: kvstore's peers (AppendEntries, and writes a follower forwards to the leader)
+//! and the benchmark client's unary KV calls. The request's HEADERS and DATA frames leave in
+//! one write.
 //!
 //! # Why not the tonic channel
 //! Through tonic's [`Channel`](tonic::transport::Channel) a unary request passes the channel's
@@ -13,13 +14,13 @@
 //! granted) and the connection task writes both in one go.
 //!
 //! # Connection
-//! One HTTP/2 connection per peer, made on first use (within `connect_timeout`, Nagle off) and
-//! dropped after any transport failure or timeout, so the next call reconnects. Calls are
+//! One HTTP/2 connection per [`Link`], made on first use (within `connect_timeout`, Nagle off)
+//! and dropped after any transport failure or timeout, so the next call reconnects. Calls are
 //! multiplexed over it; the connection task runs on its own and ends with the connection.
 //!
 //! Errors come back as a [`tonic::Status`] with the code tonic's channel would have given
-//! (`Unavailable` for a refused or broken connection), so the caller maps failures to openraft's
-//! error kinds in one place for both transports.
+//! (`Unavailable` for a refused or broken connection), so callers map failures in one place
+//! for both transports.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -38,8 +39,8 @@ const RECEIVE_WINDOW: u32 = 1 << 20;
 /// A gRPC message's length-prefix: a compression flag byte and a big-endian u32 length.
 const GRPC_PREFIX: usize = 5;
 
-/// One peer's raw HTTP/2 link; see the module docs.
-pub struct PeerLink {
+/// A raw HTTP/2 link to one server; see the module docs.
+pub struct Link {
     /// `host:port` to connect to.
     address: String,
     /// The URI prefix of requests (`http://host:port`).
@@ -51,12 +52,12 @@ pub struct PeerLink {
     /// The open connection, if any. Locked across a connect so that concurrent callers share
     /// one connection; otherwise held only to clone the handle.
     conn: tokio::sync::Mutex<Option<SendRequest<Bytes>>>,
-    /// Set by [`PeerLink::mark_stale`]: the next call drops the connection first.
+    /// Set by [`Link::mark_stale`]: the next call drops the connection first.
     stale: AtomicBool,
 }
 
-impl PeerLink {
-    /// A link to the peer at `url` (`http://host:port`, port 80 if none); `None` if it is not
+impl Link {
+    /// A link to the server at `url` (`http://host:port`, port 80 if none); `None` if it is not
     /// a plain `http` URL with a host.
     pub fn new(url: &str, connect_timeout: Duration, max_reply_bytes: usize) -> Option<Self> {
         let uri: http::Uri = url.parse().ok()?;
@@ -76,25 +77,28 @@ impl PeerLink {
     }
 
     /// Calls `path` (`/package.Service/Method`) with `request` and the extra `headers`,
-    /// and decodes the reply. `timeout` is sent as the gRPC deadline; the caller enforces it.
+    /// and decodes the reply. A `timeout` is sent as the gRPC deadline (the caller enforces
+    /// it); without one the server sets no timer for the call.
     pub async fn unary<Req: Message, Resp: Message + Default>(
         &self,
         path: &str,
         request: &Req,
         headers: &[(&'static str, HeaderValue)],
-        timeout: Duration,
+        timeout: Option<Duration>,
     ) -> Result<Resp, Status> {
         let mut head = Request::builder()
             .method(Method::POST)
             .uri(format!("{}{path}", self.authority))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .header(
-                "grpc-timeout",
-                format!("{}m", timeout.as_millis().min(99_999_999)),
-            )
             .body(())
-            .map_err(|e| Status::internal(format!("building a peer request: {e}")))?;
+            .map_err(|e| Status::internal(format!("building a request: {e}")))?;
+        if let Some(timeout) = timeout {
+            let deadline = format!("{}m", timeout.as_millis().min(99_999_999));
+            let deadline = HeaderValue::try_from(deadline)
+                .map_err(|e| Status::internal(format!("building a request: {e}")))?;
+            head.headers_mut().insert("grpc-timeout", deadline);
+        }
         for (name, value) in headers {
             head.headers_mut().insert(*name, value.clone());
         }
@@ -106,7 +110,7 @@ impl PeerLink {
         );
         request
             .encode(&mut body)
-            .map_err(|e| Status::internal(format!("encoding a peer request: {e}")))?;
+            .map_err(|e| Status::internal(format!("encoding a request: {e}")))?;
         let reply = self.exchange(head, body.freeze()).await;
         if let Err(status) = &reply {
             if status.code() == Code::Unavailable {
@@ -116,18 +120,22 @@ impl PeerLink {
         decode_message(&reply?)
     }
 
+    /// Opens the connection now if there is none, so that the first call does not pay for it.
+    pub async fn connect(&self) -> Result<(), Status> {
+        self.connection().await.map(|_| ())
+    }
+
     /// Drops the connection at once.
     async fn reset(&self) {
         self.conn.lock().await.take();
     }
 
     /// True if the next call will start a fresh connection.
-    #[cfg(test)]
     pub fn is_stale(&self) -> bool {
         self.stale.load(Ordering::Relaxed)
     }
 
-    /// Makes the next call start a fresh connection (for a peer that stopped answering: its
+    /// Makes the next call start a fresh connection (for a server that stopped answering: its
     /// connection may be half-open after a network cut, and TCP would take minutes to say so).
     pub fn mark_stale(&self) {
         self.stale.store(true, Ordering::Relaxed);
@@ -139,7 +147,7 @@ impl PeerLink {
         let mut sender = match self.connection().await?.ready().await {
             Ok(ready) => ready,
             Err(_) => {
-                // The connection closed since the last call (the peer restarted, or went away
+                // The connection closed since the last call (the server restarted, or went away
                 // with GOAWAY): one fresh one before giving up, as tonic's channel does.
                 self.reset().await;
                 self.connection().await?.ready().await.map_err(broken)?
@@ -152,7 +160,7 @@ impl PeerLink {
         let (parts, mut body) = reply.into_parts();
         if parts.status != http::StatusCode::OK {
             return Err(Status::unknown(format!(
-                "peer answered HTTP {}",
+                "server answered HTTP {}",
                 parts.status
             )));
         }
@@ -163,7 +171,7 @@ impl PeerLink {
             let chunk = chunk.map_err(broken)?;
             let _ = body.flow_control().release_capacity(chunk.len());
             if data.len() + chunk.len() > self.max_reply_bytes + GRPC_PREFIX {
-                return Err(Status::resource_exhausted("peer reply too large"));
+                return Err(Status::resource_exhausted("reply too large"));
             }
             data.extend_from_slice(&chunk);
         }
@@ -196,7 +204,7 @@ impl PeerLink {
         let address = self.address.clone();
         tokio::spawn(async move {
             if let Err(err) = connection.await {
-                tracing::debug!(peer = %address, cause = %err, "peer link closed");
+                tracing::debug!(server = %address, cause = %err, "link closed");
             }
         });
         *conn = Some(sender.clone());
@@ -204,7 +212,7 @@ impl PeerLink {
     }
 }
 
-/// The peer could not be connected to, so nothing was sent: the source of such a `Status`
+/// The server could not be connected to, so nothing was sent: the source of such a `Status`
 /// (tonic's channel marks it with its `ConnectError` the same way).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -219,7 +227,7 @@ fn connect_failed(message: String) -> Status {
 
 /// A transport failure: the connection is unusable (tonic's channel says `Unavailable` too).
 fn broken(err: h2::Error) -> Status {
-    Status::unavailable(format!("peer connection: {err}"))
+    Status::unavailable(format!("connection: {err}"))
 }
 
 /// `Err` if `headers` carry a non-zero `grpc-status`.
@@ -269,16 +277,16 @@ fn percent_decode(text: &str) -> String {
 /// Decodes the one length-prefixed, uncompressed message of a unary reply.
 fn decode_message<Resp: Message + Default>(data: &[u8]) -> Result<Resp, Status> {
     if data.len() < GRPC_PREFIX {
-        return Err(Status::internal("peer reply without a message"));
+        return Err(Status::internal("reply without a message"));
     }
     if data[0] != 0 {
-        return Err(Status::internal("peer reply is compressed"));
+        return Err(Status::internal("reply is compressed"));
     }
     let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
     let message = data
         .get(GRPC_PREFIX..GRPC_PREFIX + len)
-        .ok_or_else(|| Status::internal("peer reply shorter than its length prefix"))?;
-    Resp::decode(message).map_err(|e| Status::internal(format!("decoding a peer reply: {e}")))
+        .ok_or_else(|| Status::internal("reply shorter than its length prefix"))?;
+    Resp::decode(message).map_err(|e| Status::internal(format!("decoding a reply: {e}")))
 }
 
 #[cfg(test)]
@@ -289,15 +297,19 @@ mod tests {
     use std::sync::Arc;
     use tokio::net::TcpListener;
 
-    /// Answers one request of the test server: its `RaftMessage` with the data reversed. The
-    /// body is read without polling the connection, which works because the link sends
-    /// HEADERS and DATA together.
+    /// Answers one request of the test server: its `RaftMessage` with the data reversed, then
+    /// `/` and the request's `grpc-timeout` (or `none`). The body is read without polling the
+    /// connection, which works because the link sends HEADERS and DATA together.
     async fn answer(
         req: http::Request<h2::RecvStream>,
         mut respond: h2::server::SendResponse<Bytes>,
     ) {
         assert_eq!(req.uri().path(), "/raftpb.Raft/AppendEntries");
         assert_eq!(req.headers()["kvstore-to-member"], "2a");
+        let deadline = req
+            .headers()
+            .get("grpc-timeout")
+            .map_or(b"none".to_vec(), |v| v.as_bytes().to_vec());
         let mut body = req.into_body();
         let mut data = Vec::new();
         while let Some(chunk) = body.data().await {
@@ -305,6 +317,8 @@ mod tests {
         }
         let mut msg: RaftMessage = decode_message(&data).expect("request");
         msg.data.reverse();
+        msg.data.push(b'/');
+        msg.data.extend(deadline);
         let reply = http::Response::builder()
             .status(200)
             .header("content-type", "application/grpc")
@@ -321,7 +335,7 @@ mod tests {
     }
 
     /// A gRPC server of one method on raw HTTP/2 connections. With `one_call` it closes each
-    /// connection after one answer (as a restarting peer would). Returns the URL and how many
+    /// connection after one answer (as a restarting server would). Returns the URL and how many
     /// connections it has accepted.
     async fn test_server(one_call: bool) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -353,25 +367,52 @@ mod tests {
         (url, accepted)
     }
 
-    async fn call(link: &PeerLink) -> RaftMessage {
-        link.unary(
+    async fn call_with(link: &Link, timeout: Option<Duration>) -> Vec<u8> {
+        link.unary::<_, RaftMessage>(
             "/raftpb.Raft/AppendEntries",
             &RaftMessage {
                 data: b"abc".to_vec(),
             },
             &[("kvstore-to-member", HeaderValue::from_static("2a"))],
-            Duration::from_secs(5),
+            timeout,
         )
         .await
         .expect("the call succeeds, on a fresh connection if need be")
+        .data
+    }
+
+    async fn call(link: &Link) -> Vec<u8> {
+        call_with(link, Some(Duration::from_secs(5))).await
+    }
+
+    #[tokio::test]
+    async fn a_deadline_is_sent_only_when_given() {
+        let (url, _) = test_server(false).await;
+        let link = Link::new(&url, Duration::from_secs(1), 1 << 20).expect("valid URL");
+        assert_eq!(
+            call_with(&link, Some(Duration::from_millis(1500))).await,
+            b"cba/1500m"
+        );
+        assert_eq!(call_with(&link, None).await, b"cba/none");
     }
 
     #[tokio::test]
     async fn a_link_reuses_its_connection_until_marked_stale() {
         let (url, accepted) = test_server(false).await;
-        let link = PeerLink::new(&url, Duration::from_secs(1), 1 << 20).expect("valid URL");
+        let link = Link::new(&url, Duration::from_secs(1), 1 << 20).expect("valid URL");
+        link.connect().await.expect("connects");
+        // The server counts the connection when its accept loop gets to it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while accepted.load(Ordering::SeqCst) == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "connected before the first call"
+        );
         for _ in 0..3 {
-            assert_eq!(call(&link).await.data, b"cba");
+            assert_eq!(call(&link).await, b"cba/5000m");
         }
         assert_eq!(
             accepted.load(Ordering::SeqCst),
@@ -379,7 +420,7 @@ mod tests {
             "one connection for all calls"
         );
         link.mark_stale();
-        assert_eq!(call(&link).await.data, b"cba");
+        assert_eq!(call(&link).await, b"cba/5000m");
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             2,
@@ -388,11 +429,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_link_calls_and_reconnects_after_the_peer_closed_its_connection() {
+    async fn a_link_calls_and_reconnects_after_the_server_closed_its_connection() {
         let (url, accepted) = test_server(true).await;
-        let link = PeerLink::new(&url, Duration::from_secs(1), 1 << 20).expect("valid URL");
+        let link = Link::new(&url, Duration::from_secs(1), 1 << 20).expect("valid URL");
         for round in 1..=3 {
-            assert_eq!(call(&link).await.data, b"cba");
+            assert_eq!(call(&link).await, b"cba/5000m");
             assert_eq!(accepted.load(Ordering::SeqCst), round);
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -403,21 +444,21 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         drop(listener);
-        let link = PeerLink::new(&url, Duration::from_secs(1), 1 << 20).expect("valid URL");
+        let link = Link::new(&url, Duration::from_secs(1), 1 << 20).expect("valid URL");
         let err = link
             .unary::<_, RaftMessage>(
                 "/raftpb.Raft/AppendEntries",
                 &RaftMessage::default(),
                 &[],
-                Duration::from_secs(1),
+                None,
             )
             .await
             .expect_err("nobody listens");
         assert_eq!(err.code(), Code::Unavailable);
         let source = std::error::Error::source(&err).expect("a source");
         assert!(source.is::<ConnectFailed>(), "marked as never sent");
-        assert!(PeerLink::new("https://x:1", Duration::from_secs(1), 1).is_none());
-        assert!(PeerLink::new("unix:///x", Duration::from_secs(1), 1).is_none());
+        assert!(Link::new("https://x:1", Duration::from_secs(1), 1).is_none());
+        assert!(Link::new("unix:///x", Duration::from_secs(1), 1).is_none());
     }
 
     #[test]
