@@ -1,5 +1,6 @@
 //! Connections: `--conns` HTTP/2 connections over the endpoints (or the leader alone), which
-//! the clients share round-robin, as etcd's benchmark does.
+//! the clients share round-robin, as etcd's benchmark does: tonic channels for the streaming
+//! calls, and as many raw links ([`KvLink`]) for the unary KV calls.
 
 use kvstore_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use kvstore_proto::etcdserverpb::StatusRequest;
@@ -7,6 +8,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::Common;
 use crate::error::{Error, Result};
+use crate::kv_link::KvLink;
 
 /// `host:port` → `http://host:port`; URLs pass through.
 fn endpoint_url(endpoint: &str) -> String {
@@ -69,20 +71,40 @@ async fn leader_now(endpoints: &[String]) -> Option<String> {
     None
 }
 
-/// The `--conns` connections: round-robin over `--endpoints`, or all to the leader with
-/// `--target-leader`.
-pub async fn connections(common: &Common) -> Result<Vec<Channel>> {
+/// The endpoints to connect to: `--endpoints`, or the leader alone with `--target-leader`.
+pub async fn targets(common: &Common) -> Result<Vec<String>> {
     if common.endpoints.is_empty() {
         return Err(Error::Usage("--endpoints is empty".into()));
     }
-    let endpoints = if common.target_leader {
-        vec![find_leader(&common.endpoints).await?]
+    if common.target_leader {
+        Ok(vec![find_leader(&common.endpoints).await?])
     } else {
-        common.endpoints.clone()
-    };
+        Ok(common.endpoints.clone())
+    }
+}
+
+/// The `--conns` channels, round-robin over `targets`.
+pub async fn connections(common: &Common, targets: &[String]) -> Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(common.conns.max(1));
     for i in 0..common.conns.max(1) {
-        channels.push(connect(&endpoints[i % endpoints.len()]).await?);
+        channels.push(connect(&targets[i % targets.len()]).await?);
     }
     Ok(channels)
+}
+
+/// The `--conns` raw links for unary KV calls, round-robin over `targets`.
+pub async fn links(common: &Common, targets: &[String]) -> Result<Vec<KvLink>> {
+    let mut links = Vec::with_capacity(common.conns.max(1));
+    for i in 0..common.conns.max(1) {
+        let endpoint = &targets[i % targets.len()];
+        let link = KvLink::connect(&endpoint_url(endpoint))
+            .await
+            .ok_or_else(|| Error::Endpoint(endpoint.clone()))?
+            .map_err(|status| Error::Link {
+                endpoint: endpoint.clone(),
+                status,
+            })?;
+        links.push(link);
+    }
+    Ok(links)
 }

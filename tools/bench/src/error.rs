@@ -12,6 +12,14 @@ pub enum Error {
         /// The transport error.
         source: tonic::transport::Error,
     },
+    /// An endpoint could not be reached by a raw link ([`crate::kv_link`]).
+    #[error("cannot connect to {endpoint}: {}", status.message())]
+    Link {
+        /// The endpoint as given in `--endpoints`.
+        endpoint: String,
+        /// What the link reported.
+        status: tonic::Status,
+    },
     /// An endpoint string is not a valid URL.
     #[error("invalid endpoint {0:?}")]
     Endpoint(String),

@@ -5,6 +5,7 @@
 //! - [`cli`]: flags and workloads (`put`, `range`, `txn-put`, `txn-mixed`, `watch`,
 //!   `watch-latency`, `watch-hold`, `lease-keepalive`, `kube`).
 //! - [`conn`]: connections to the endpoints (spread over `--conns`, or the leader only).
+//! - [`kv_link`]: the unary KV calls, over raw HTTP/2 links rather than tonic's channel.
 //! - [`keys`]: key and value generation (`--key-size`, `--key-space-size`, `--sequential-keys`).
 //! - [`runner`]: the closed-loop driver: N clients issue operations until `--total` or
 //!   `--duration`, optionally at a fixed rate; latency histograms per client, merged at the end.
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod conn;
 pub mod error;
 pub mod keys;
+pub mod kv_link;
 pub mod report;
 pub mod runner;
 pub mod workloads;

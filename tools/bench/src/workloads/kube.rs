@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 use crate::cli::Common;
 use crate::error::Result;
 use crate::keys::{stamped_value, Keys};
+use crate::kv_link::KvLink;
 use crate::report::Report;
 use crate::runner::{self, Client, Plan};
 use crate::workloads::kv::{get_op, header_revision, mod_is, mod_revision_read, preload, put_op};
@@ -145,10 +146,12 @@ impl Client for KubeClient {
     }
 }
 
-/// `kube`.
+/// `kube`: preloaded over `links`; the measured calls go over `channels` (tonic's, as a
+/// kube-apiserver's etcd client makes them).
 pub async fn run(
     common: &Common,
     channels: &[Channel],
+    links: &[KvLink],
     page_size: i64,
     informers: usize,
     list_percent: u32,
@@ -159,7 +162,7 @@ pub async fn run(
         common.key_space_size,
         common.sequential_keys,
     );
-    preload(common, channels, &keys, common.val_size.max(8)).await?;
+    preload(common, links, &keys, common.val_size.max(8)).await?;
 
     // Informers: list, then watch from the list's revision.
     let mut streams = Vec::new();

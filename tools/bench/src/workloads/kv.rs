@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use kvstore_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use kvstore_proto::etcdserverpb::kv_client::KvClient;
 use kvstore_proto::etcdserverpb::request_op::Request;
 use kvstore_proto::etcdserverpb::response_op::Response;
 use kvstore_proto::etcdserverpb::{
@@ -12,11 +11,11 @@ use kvstore_proto::etcdserverpb::{
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tonic::transport::Channel;
 
 use crate::cli::Common;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
+use crate::kv_link::KvLink;
 use crate::runner::{self, Client, Plan};
 
 /// Most puts one transaction may carry (etcd's default `--max-txn-ops` is 128).
@@ -75,7 +74,7 @@ pub fn header_revision(resp: &TxnResponse) -> i64 {
 
 /// Puts one key per request, or `batch` keys per transaction.
 pub struct PutClient {
-    kv: KvClient<Channel>,
+    kv: KvLink,
     keys: Keys,
     value: Vec<u8>,
     batch: u64,
@@ -84,9 +83,9 @@ pub struct PutClient {
 
 impl PutClient {
     /// A put client on this connection; `seed` makes each client's random keys differ.
-    pub fn new(channel: Channel, keys: Keys, val_size: usize, batch: u64, seed: u64) -> PutClient {
+    pub fn new(link: KvLink, keys: Keys, val_size: usize, batch: u64, seed: u64) -> PutClient {
         PutClient {
-            kv: KvClient::new(channel),
+            kv: link,
             keys,
             value: vec![b'v'; val_size],
             batch: batch.max(1),
@@ -143,7 +142,7 @@ pub fn check_batch(batch: u64, space: u64) -> Result<()> {
 /// Not measured; fails if any write fails.
 pub async fn preload(
     common: &Common,
-    channels: &[Channel],
+    links: &[KvLink],
     keys: &Keys,
     val_size: usize,
 ) -> Result<()> {
@@ -153,7 +152,7 @@ pub async fn preload(
     let clients = (0..common.clients.clamp(1, 16))
         .map(|i| {
             PutClient::new(
-                channels[i % channels.len()].clone(),
+                links[i % links.len()].clone(),
                 keys.clone(),
                 val_size,
                 batch,
@@ -177,7 +176,7 @@ pub async fn preload(
 
 /// Reads one random key per request.
 pub struct RangeClient {
-    kv: KvClient<Channel>,
+    kv: KvLink,
     keys: Keys,
     serializable: bool,
     rng: SmallRng,
@@ -185,9 +184,9 @@ pub struct RangeClient {
 
 impl RangeClient {
     /// A range client on this connection.
-    pub fn new(channel: Channel, keys: Keys, serializable: bool, seed: u64) -> RangeClient {
+    pub fn new(link: KvLink, keys: Keys, serializable: bool, seed: u64) -> RangeClient {
         RangeClient {
-            kv: KvClient::new(channel),
+            kv: link,
             keys,
             serializable,
             rng: SmallRng::seed_from_u64(seed),
@@ -212,7 +211,7 @@ impl Client for RangeClient {
 /// Compare-and-swap: put the key if its mod_revision is the one this client last saw, else read
 /// it back (a conflict, whose revision the next attempt uses).
 pub struct CasClient {
-    kv: KvClient<Channel>,
+    kv: KvLink,
     keys: Keys,
     value: Vec<u8>,
     rng: SmallRng,
@@ -222,9 +221,9 @@ pub struct CasClient {
 
 impl CasClient {
     /// A compare-and-swap client on this connection.
-    pub fn new(channel: Channel, keys: Keys, val_size: usize, seed: u64) -> CasClient {
+    pub fn new(link: KvLink, keys: Keys, val_size: usize, seed: u64) -> CasClient {
         CasClient {
-            kv: KvClient::new(channel),
+            kv: link,
             keys,
             value: vec![b'v'; val_size],
             rng: SmallRng::seed_from_u64(seed),
@@ -244,8 +243,7 @@ impl Client for CasClient {
                 success: vec![put_op(key.clone(), self.value.clone())],
                 failure: vec![get_op(key.clone(), false)],
             })
-            .await?
-            .into_inner();
+            .await?;
         if resp.succeeded {
             self.seen.insert(key, header_revision(&resp));
             Ok("cas")
@@ -258,7 +256,7 @@ impl Client for CasClient {
 
 /// Transactions that read (with probability rw/(1+rw)) or write one random key.
 pub struct MixedClient {
-    kv: KvClient<Channel>,
+    kv: KvLink,
     keys: Keys,
     value: Vec<u8>,
     read_probability: f64,
@@ -269,7 +267,7 @@ pub struct MixedClient {
 impl MixedClient {
     /// A mixed-transaction client on this connection.
     pub fn new(
-        channel: Channel,
+        link: KvLink,
         keys: Keys,
         val_size: usize,
         rw_ratio: f64,
@@ -277,7 +275,7 @@ impl MixedClient {
         seed: u64,
     ) -> MixedClient {
         MixedClient {
-            kv: KvClient::new(channel),
+            kv: link,
             keys,
             value: vec![b'v'; val_size],
             read_probability: rw_ratio / (1.0 + rw_ratio),

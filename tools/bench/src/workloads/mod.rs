@@ -5,8 +5,6 @@ pub mod kv;
 pub mod lease;
 pub mod watch;
 
-use tonic::transport::Channel;
-
 use crate::cli::{Common, WatchOpts, Workload};
 use crate::conn;
 use crate::error::Result;
@@ -14,15 +12,15 @@ use crate::keys::Keys;
 use crate::report::Report;
 use crate::runner::{self, Client, Plan};
 
-/// The channel client `i` uses.
-fn channel(channels: &[Channel], i: usize) -> Channel {
-    channels[i % channels.len()].clone()
+/// The connection (channel or link) client `i` uses.
+fn channel<T: Clone>(conns: &[T], i: usize) -> T {
+    conns[i % conns.len()].clone()
 }
 
-/// `--clients` clients made by `make(client index, its channel)`.
-fn clients<C>(common: &Common, channels: &[Channel], make: impl Fn(usize, Channel) -> C) -> Vec<C> {
+/// `--clients` clients made by `make(client index, its connection)`.
+fn clients<T: Clone, C>(common: &Common, conns: &[T], make: impl Fn(usize, T) -> C) -> Vec<C> {
     (0..common.clients.max(1))
-        .map(|i| make(i, channel(channels, i)))
+        .map(|i| make(i, channel(conns, i)))
         .collect()
 }
 
@@ -46,7 +44,19 @@ async fn measure<C: Client>(
 
 /// Runs one workload.
 pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
-    let channels = conn::connections(common).await?;
+    let targets = conn::targets(common).await?;
+    let channels = conn::connections(common, &targets).await?;
+    // Only the workloads with unary KV calls open links (the others would hold idle
+    // connections, which `watch-hold` would count in the server's memory per watcher).
+    let unary = !matches!(
+        workload,
+        Workload::WatchHold { .. } | Workload::LeaseKeepalive
+    );
+    let links = if unary {
+        conn::links(common, &targets).await?
+    } else {
+        Vec::new()
+    };
     let name = workload.name();
     let keys = Keys::new(
         "",
@@ -58,8 +68,8 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
     let report = match workload {
         Workload::Put { batch } => {
             kv::check_batch(batch, keys.space)?;
-            let cs = clients(common, &channels, |i, ch| {
-                kv::PutClient::new(ch, keys.clone(), common.val_size, batch, seed(i))
+            let cs = clients(common, &links, |i, link| {
+                kv::PutClient::new(link, keys.clone(), common.val_size, batch, seed(i))
             });
             let mut report = measure(common, name, &["put"], cs).await;
             report.extra.insert(
@@ -73,16 +83,16 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
             no_preload,
         } => {
             if !no_preload {
-                kv::preload(common, &channels, &keys, common.val_size).await?;
+                kv::preload(common, &links, &keys, common.val_size).await?;
             }
-            let cs = clients(common, &channels, |i, ch| {
-                kv::RangeClient::new(ch, keys.clone(), consistency.serializable(), seed(i))
+            let cs = clients(common, &links, |i, link| {
+                kv::RangeClient::new(link, keys.clone(), consistency.serializable(), seed(i))
             });
             measure(common, name, &["range"], cs).await
         }
         Workload::TxnPut => {
-            let cs = clients(common, &channels, |i, ch| {
-                kv::CasClient::new(ch, keys.clone(), common.val_size, seed(i))
+            let cs = clients(common, &links, |i, link| {
+                kv::CasClient::new(link, keys.clone(), common.val_size, seed(i))
             });
             let mut report = measure(common, name, &["cas", "cas-conflict"], cs).await;
             let conflicts = report.by_kind.get("cas-conflict").map_or(0, |l| l.count);
@@ -95,10 +105,10 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
             rw_ratio,
             consistency,
         } => {
-            kv::preload(common, &channels, &keys, common.val_size).await?;
-            let cs = clients(common, &channels, |i, ch| {
+            kv::preload(common, &links, &keys, common.val_size).await?;
+            let cs = clients(common, &links, |i, link| {
                 kv::MixedClient::new(
-                    ch,
+                    link,
                     keys.clone(),
                     common.val_size,
                     rw_ratio,
@@ -108,7 +118,7 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
             });
             measure(common, name, &["txn-read", "txn-write"], cs).await
         }
-        Workload::Watch(opts) => watch::run_watch(common, &channels, &opts, name).await?,
+        Workload::Watch(opts) => watch::run_watch(common, &channels, &links, &opts, name).await?,
         Workload::WatchLatency {
             watchers,
             streams,
@@ -120,7 +130,7 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
                 watched_keys: 1,
                 put_rate,
             };
-            watch::run_watch(common, &channels, &opts, name).await?
+            watch::run_watch(common, &channels, &links, &opts, name).await?
         }
         Workload::WatchHold {
             watchers,
@@ -149,7 +159,17 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
             page_size,
             informers,
             list_percent,
-        } => kube::run(common, &channels, page_size, informers, list_percent).await?,
+        } => {
+            kube::run(
+                common,
+                &channels,
+                &links,
+                page_size,
+                informers,
+                list_percent,
+            )
+            .await?
+        }
     };
     Ok(report)
 }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kvstore_proto::etcdserverpb::kv_client::KvClient;
 use kvstore_proto::etcdserverpb::watch_request::RequestUnion;
 use kvstore_proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest};
 use tokio::sync::{mpsc, watch};
@@ -24,6 +23,7 @@ use tonic_prost::ProstCodec;
 use crate::cli::{Common, WatchOpts};
 use crate::error::{Error, Result};
 use crate::keys::{now_nanos, stamp_of, stamped_value, Keys};
+use crate::kv_link::KvLink;
 use crate::report::{Report, Tally};
 use crate::runner::{self, Client, Plan};
 
@@ -215,7 +215,7 @@ pub async fn stop_readers(stop: watch::Sender<bool>, readers: Vec<JoinHandle<Tal
 
 /// Puts stamped values to key `n mod M`, counting successful puts per key.
 struct StampedPutClient {
-    kv: KvClient<Channel>,
+    kv: KvLink,
     keys: Keys,
     val_size: usize,
     puts: Arc<Vec<AtomicU64>>,
@@ -235,10 +235,11 @@ impl Client for StampedPutClient {
     }
 }
 
-/// `watch` and `watch-latency`.
+/// `watch` and `watch-latency`: the watch streams on `channels`, the writers' puts on `links`.
 pub async fn run_watch(
     common: &Common,
     channels: &[Channel],
+    links: &[KvLink],
     opts: &WatchOpts,
     name: &str,
 ) -> Result<Report> {
@@ -258,7 +259,7 @@ pub async fn run_watch(
     let puts: Arc<Vec<AtomicU64>> = Arc::new((0..space).map(|_| AtomicU64::new(0)).collect());
     let clients = (0..common.clients.max(1))
         .map(|i| StampedPutClient {
-            kv: KvClient::new(channels[i % channels.len()].clone()),
+            kv: links[i % links.len()].clone(),
             keys: keys.clone(),
             val_size: common.val_size,
             puts: puts.clone(),
