@@ -2,11 +2,12 @@
 //! HTTP/2 connection ([`grpc_link::Link`]) instead of going through tonic's channel.
 //!
 //! Through the channel a request passes its buffer task, hyper's dispatch task and a task of
-//! hyper's that pipes the body, before the connection task writes it: at 256 clients that made
-//! the client use about a quarter of the machine's CPU (~24 µs per put), taken from the
-//! servers it measures on the same two cores. The link sends HEADERS and DATA from the caller's
-//! task. The servers see the same requests either way (no `grpc-timeout` is sent, as before).
-//! Streaming calls (watch, lease keep-alive) and the `kube` workload stay on tonic.
+//! hyper's that pipes the body, before the connection task writes it: at 256 clients the client
+//! used 22–26 µs of CPU per put, as much as half of what kvstore's three members used, taken
+//! from the servers it measures on the same two cores; over links it uses 13–15 µs
+//! (docs/benchmarks.md). The link sends HEADERS and DATA from the caller's task, in one write.
+//! The servers get the same calls either way (no `grpc-timeout` is sent, as before). Streaming
+//! calls (watch, lease keep-alive) and the `kube` workload's calls stay on tonic.
 
 use std::sync::Arc;
 use std::time::Duration;
