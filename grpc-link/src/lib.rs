@@ -86,38 +86,46 @@ impl Link {
         headers: &[(&'static str, HeaderValue)],
         timeout: Option<Duration>,
     ) -> Result<Resp, Status> {
-        let mut head = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{}{path}", self.authority))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .map_err(|e| Status::internal(format!("building a request: {e}")))?;
-        if let Some(timeout) = timeout {
-            let deadline = format!("{}m", timeout.as_millis().min(99_999_999));
-            let deadline = HeaderValue::try_from(deadline)
-                .map_err(|e| Status::internal(format!("building a request: {e}")))?;
-            head.headers_mut().insert("grpc-timeout", deadline);
-        }
-        for (name, value) in headers {
-            head.headers_mut().insert(*name, value.clone());
-        }
-        let len = request.encoded_len();
-        let mut body = BytesMut::with_capacity(GRPC_PREFIX + len);
-        body.put_u8(0);
-        body.put_u32(
-            u32::try_from(len).map_err(|_| Status::resource_exhausted("request too large"))?,
-        );
-        request
-            .encode(&mut body)
-            .map_err(|e| Status::internal(format!("encoding a request: {e}")))?;
-        let reply = self.exchange(head, body.freeze()).await;
+        let head = self.head(path, headers, timeout)?;
+        let reply = self.exchange(head, frame(request)?).await;
         if let Err(status) = &reply {
             if status.code() == Code::Unavailable {
                 self.reset().await;
             }
         }
         decode_message(&reply?)
+    }
+
+    /// Opens a streaming call of `path` (client, server or bidirectional streaming) and sends
+    /// `first` on it before waiting for the reply's headers (a Go gRPC server sends those only
+    /// with its first message). The returned [`Sender`] keeps the request side open.
+    pub async fn stream<Req: Message>(
+        &self,
+        path: &str,
+        first: &[Req],
+    ) -> Result<(Sender, Reader), Status> {
+        let head = self.head(path, &[], None)?;
+        let mut sender = self.ready().await?;
+        let (reply, send) = sender.send_request(head, false).map_err(broken)?;
+        let mut sender = Sender { send };
+        for message in first {
+            sender.send(message)?;
+        }
+        let reply = reply.await.map_err(broken)?;
+        let (parts, body) = reply.into_parts();
+        if parts.status != http::StatusCode::OK {
+            return Err(Status::unknown(format!(
+                "server answered HTTP {}",
+                parts.status
+            )));
+        }
+        check_grpc_status(&parts.headers)?;
+        let reader = Reader {
+            body,
+            buf: Bytes::new(),
+            max_message_bytes: self.max_reply_bytes,
+        };
+        Ok((sender, reader))
     }
 
     /// Opens the connection now if there is none, so that the first call does not pay for it.
@@ -141,18 +149,49 @@ impl Link {
         self.stale.store(true, Ordering::Relaxed);
     }
 
-    /// Sends one request with its whole body and returns the reply's body, after checking
-    /// the HTTP and gRPC statuses.
-    async fn exchange(&self, head: Request<()>, body: Bytes) -> Result<BytesMut, Status> {
-        let mut sender = match self.connection().await?.ready().await {
-            Ok(ready) => ready,
+    /// A request's head: POST to `path` with gRPC's headers, the deadline if any, `headers`.
+    fn head(
+        &self,
+        path: &str,
+        headers: &[(&'static str, HeaderValue)],
+        timeout: Option<Duration>,
+    ) -> Result<Request<()>, Status> {
+        let mut head = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}{path}", self.authority))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .map_err(|e| Status::internal(format!("building a request: {e}")))?;
+        if let Some(timeout) = timeout {
+            let deadline = format!("{}m", timeout.as_millis().min(99_999_999));
+            let deadline = HeaderValue::try_from(deadline)
+                .map_err(|e| Status::internal(format!("building a request: {e}")))?;
+            head.headers_mut().insert("grpc-timeout", deadline);
+        }
+        for (name, value) in headers {
+            head.headers_mut().insert(*name, value.clone());
+        }
+        Ok(head)
+    }
+
+    /// The connection's handle, ready for a new stream.
+    async fn ready(&self) -> Result<SendRequest<Bytes>, Status> {
+        match self.connection().await?.ready().await {
+            Ok(ready) => Ok(ready),
             Err(_) => {
                 // The connection closed since the last call (the server restarted, or went away
                 // with GOAWAY): one fresh one before giving up, as tonic's channel does.
                 self.reset().await;
-                self.connection().await?.ready().await.map_err(broken)?
+                self.connection().await?.ready().await.map_err(broken)
             }
-        };
+        }
+    }
+
+    /// Sends one request with its whole body and returns the reply's body, after checking
+    /// the HTTP and gRPC statuses.
+    async fn exchange(&self, head: Request<()>, body: Bytes) -> Result<BytesMut, Status> {
+        let mut sender = self.ready().await?;
         let (reply, mut stream) = sender.send_request(head, false).map_err(broken)?;
         stream.send_data(body, true).map_err(broken)?;
 
@@ -210,6 +249,89 @@ impl Link {
         *conn = Some(sender.clone());
         Ok(sender)
     }
+}
+
+/// The request side of a streaming call ([`Link::stream`]); dropping it ends the request
+/// stream (the server then ends the call).
+pub struct Sender {
+    send: h2::SendStream<Bytes>,
+}
+
+impl Sender {
+    /// Queues `message` on the request stream (h2 buffers it until the stream may send).
+    pub fn send<M: Message>(&mut self, message: &M) -> Result<(), Status> {
+        self.send.send_data(frame(message)?, false).map_err(broken)
+    }
+}
+
+/// The reply side of a streaming call ([`Link::stream`]): its messages, in order.
+pub struct Reader {
+    body: h2::RecvStream,
+    /// Received bytes not yet returned as messages. A message inside one DATA frame is
+    /// decoded from that frame's buffer without a copy.
+    buf: Bytes,
+    /// Largest message accepted.
+    max_message_bytes: usize,
+}
+
+impl Reader {
+    /// The next message; `None` once the server ended the call with an OK status.
+    pub async fn message<M: Message + Default>(&mut self) -> Result<Option<M>, Status> {
+        loop {
+            if self.buf.len() >= GRPC_PREFIX {
+                if self.buf[0] != 0 {
+                    return Err(Status::internal("message is compressed"));
+                }
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if len > self.max_message_bytes {
+                    return Err(Status::resource_exhausted("message too large"));
+                }
+                if self.buf.len() >= GRPC_PREFIX + len {
+                    let message = self.buf.slice(GRPC_PREFIX..GRPC_PREFIX + len);
+                    self.buf = self.buf.slice(GRPC_PREFIX + len..);
+                    return M::decode(message)
+                        .map(Some)
+                        .map_err(|e| Status::internal(format!("decoding a message: {e}")));
+                }
+            }
+            match self.body.data().await {
+                Some(Ok(chunk)) => {
+                    let _ = self.body.flow_control().release_capacity(chunk.len());
+                    self.buf = if self.buf.is_empty() {
+                        chunk
+                    } else {
+                        let mut joined = BytesMut::with_capacity(self.buf.len() + chunk.len());
+                        joined.extend_from_slice(&self.buf);
+                        joined.extend_from_slice(&chunk);
+                        joined.freeze()
+                    };
+                }
+                Some(Err(err)) => return Err(broken(err)),
+                None => {
+                    if let Some(trailers) = self.body.trailers().await.map_err(broken)? {
+                        check_grpc_status(&trailers)?;
+                    }
+                    if !self.buf.is_empty() {
+                        return Err(Status::internal("call ended inside a message"));
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// `message` with gRPC's length prefix (uncompressed).
+fn frame<M: Message>(message: &M) -> Result<Bytes, Status> {
+    let len = message.encoded_len();
+    let mut body = BytesMut::with_capacity(GRPC_PREFIX + len);
+    body.put_u8(0);
+    body.put_u32(u32::try_from(len).map_err(|_| Status::resource_exhausted("request too large"))?);
+    message
+        .encode(&mut body)
+        .map_err(|e| Status::internal(format!("encoding a request: {e}")))?;
+    Ok(body.freeze())
 }
 
 /// The server could not be connected to, so nothing was sent: the source of such a `Status`
@@ -459,6 +581,73 @@ mod tests {
         assert!(source.is::<ConnectFailed>(), "marked as never sent");
         assert!(Link::new("https://x:1", Duration::from_secs(1), 1).is_none());
         assert!(Link::new("unix:///x", Duration::from_secs(1), 1).is_none());
+    }
+
+    /// `message` framed as gRPC does.
+    fn framed(message: &RaftMessage) -> Vec<u8> {
+        let mut out = vec![0];
+        out.extend((message.encoded_len() as u32).to_be_bytes());
+        out.extend(message.encode_to_vec());
+        out
+    }
+
+    /// A streaming call of the test server: reads the request stream's first message (`n` as
+    /// its data), answers `n` messages `0`, `1`, ... — the first two in one DATA frame, the
+    /// third split over two — then ends the call with OK.
+    async fn stream_server() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut conn = h2::server::handshake(tcp).await.expect("handshake");
+            let (req, mut respond) = conn.accept().await.expect("a call").expect("ok");
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            assert_eq!(req.uri().path(), "/raftpb.Raft/Stream");
+            let mut body = req.into_body();
+            let first = body.data().await.expect("a message").expect("data");
+            let n: RaftMessage = decode_message(&first).expect("request");
+            let n = n.data[0];
+            let reply = http::Response::builder()
+                .status(200)
+                .header("content-type", "application/grpc")
+                .body(())
+                .expect("reply");
+            let mut send = respond.send_response(reply, false).expect("headers");
+            let msgs: Vec<Vec<u8>> = (0..n)
+                .map(|i| framed(&RaftMessage { data: vec![i; 3] }))
+                .collect();
+            let mut two = msgs[0].clone();
+            two.extend(&msgs[1]);
+            send.send_data(two.into(), false).expect("data");
+            let (a, b) = msgs[2].split_at(4);
+            send.send_data(a.to_vec().into(), false).expect("data");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            send.send_data(b.to_vec().into(), false).expect("data");
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            send.send_trailers(trailers).expect("trailers");
+            // Hold the request side until the client is done.
+            while body.data().await.is_some() {}
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_stream_returns_every_message_however_the_frames_cut_them() {
+        let url = stream_server().await;
+        let link = Link::new(&url, Duration::from_secs(1), 1 << 20).expect("valid URL");
+        let (_sender, mut reader) = link
+            .stream("/raftpb.Raft/Stream", &[RaftMessage { data: vec![3] }])
+            .await
+            .expect("opens");
+        for i in 0..3u8 {
+            let m: RaftMessage = reader.message().await.expect("ok").expect("a message");
+            assert_eq!(m.data, vec![i; 3]);
+        }
+        assert!(
+            reader.message::<RaftMessage>().await.expect("ok").is_none(),
+            "then the end"
+        );
     }
 
     #[test]

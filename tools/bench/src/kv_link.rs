@@ -6,15 +6,17 @@
 //! used 22–26 µs of CPU per put, as much as half of what kvstore's three members used, taken
 //! from the servers it measures on the same two cores; over links it uses 13–15 µs
 //! (docs/benchmarks.md). The link sends HEADERS and DATA from the caller's task, in one write.
-//! The servers get the same calls either way (no `grpc-timeout` is sent, as before). Streaming
-//! calls (watch, lease keep-alive) and the `kube` workload's calls stay on tonic.
+//! The servers get the same calls either way (no `grpc-timeout` is sent, as before). The
+//! `watch` and `watch-latency` workloads open their watch streams on the links too (their
+//! readers decode hundreds of thousands of events per second on the servers' cores); the idle
+//! watchers of `watch-hold`, lease keep-alives and the `kube` workload's calls stay on tonic.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use grpc_link::Link;
+use grpc_link::{Link, Reader, Sender};
 use kvstore_proto::etcdserverpb::{
-    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, WatchRequest,
 };
 use tonic::Status;
 
@@ -48,6 +50,11 @@ impl KvLink {
         self.link
             .unary("/etcdserverpb.KV/Range", &request, &[], None)
             .await
+    }
+
+    /// A `Watch.Watch` stream, opened with `creates` sent on it.
+    pub async fn watch(&self, creates: &[WatchRequest]) -> Result<(Sender, Reader), Status> {
+        self.link.stream("/etcdserverpb.Watch/Watch", creates).await
     }
 
     /// `KV.Txn`.

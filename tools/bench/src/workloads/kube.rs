@@ -27,7 +27,7 @@ use crate::kv_link::KvLink;
 use crate::report::Report;
 use crate::runner::{self, Client, Plan};
 use crate::workloads::kv::{get_op, header_revision, mod_is, mod_revision_read, preload, put_op};
-use crate::workloads::watch::{open, spawn_readers, stop_readers, Delivery};
+use crate::workloads::watch::{open, spawn_readers, stop_readers, Conns, Delivery};
 
 /// Where the objects live.
 const PREFIX: &str = "/registry/pods/bench/";
@@ -171,7 +171,7 @@ pub async fn run(
         let rev = list(&mut KvClient::new(channel.clone()), &keys, page_size).await?;
         let end = keys.prefix_end();
         streams.extend(
-            open(&[channel], 1, 1, |_| WatchCreateRequest {
+            open(Conns::Channels(&[channel]), 1, 1, |_| WatchCreateRequest {
                 key: keys.prefix.clone().into_bytes(),
                 range_end: end.clone(),
                 start_revision: rev + 1,

@@ -73,15 +73,45 @@ pub struct ValueOnly {
 /// One open watch stream: the request side must stay alive or the server ends the stream.
 pub struct WatchStream {
     /// Keeps the request stream open (and could cancel watchers).
-    _requests: mpsc::Sender<WatchRequest>,
+    _requests: Requests,
     /// The responses.
-    responses: Streaming<WatchReply>,
+    responses: Responses,
+}
+
+/// The request side of a watch stream, on a tonic channel or a raw link; held, not used.
+enum Requests {
+    Channel { _open: mpsc::Sender<WatchRequest> },
+    Link { _open: grpc_link::Sender },
+}
+
+/// The responses of a watch stream, on a tonic channel or a raw link.
+enum Responses {
+    Channel(Streaming<WatchReply>),
+    Link(grpc_link::Reader),
+}
+
+impl Responses {
+    async fn message(&mut self) -> Result<Option<WatchReply>, tonic::Status> {
+        match self {
+            Responses::Channel(s) => s.message().await,
+            Responses::Link(r) => r.message().await,
+        }
+    }
+}
+
+/// Where watch streams are opened: tonic channels, or raw links ([`crate::kv_link`]).
+#[derive(Clone, Copy)]
+pub enum Conns<'a> {
+    /// tonic's channels.
+    Channels(&'a [Channel]),
+    /// Raw HTTP/2 links.
+    Links(&'a [KvLink]),
 }
 
 /// Opens `watchers` watchers spread over `streams` streams (spread over the connections);
 /// watcher `i` is created by `make(i)`. Returns once the server confirmed every creation.
 pub async fn open(
-    channels: &[Channel],
+    conns: Conns<'_>,
     streams: usize,
     watchers: usize,
     make: impl Fn(usize) -> WatchCreateRequest,
@@ -92,27 +122,42 @@ pub async fn open(
         let mine: Vec<usize> = (s..watchers).step_by(streams).collect();
         // The creates are queued before the call: a Go gRPC server (etcd) sends the response
         // headers only with its first message, so awaiting the call first would deadlock.
-        let (tx, rx) = mpsc::channel(mine.len().max(1));
-        for &i in &mine {
-            let create = WatchRequest {
+        let creates: Vec<WatchRequest> = mine
+            .iter()
+            .map(|&i| WatchRequest {
                 request_union: Some(RequestUnion::CreateRequest(make(i))),
-            };
-            tx.send(create)
-                .await
-                .map_err(|_| Error::Setup("watch stream closed while creating watchers".into()))?;
-        }
-        let mut grpc = tonic::client::Grpc::new(channels[s % channels.len()].clone());
-        grpc.ready()
-            .await
-            .map_err(|e| Error::Setup(format!("watch stream not ready: {e}")))?;
-        let mut responses = grpc
-            .streaming(
-                tonic::Request::new(ReceiverStream::new(rx)),
-                PathAndQuery::from_static(WATCH_PATH),
-                ProstCodec::<WatchRequest, WatchReply>::default(),
-            )
-            .await?
-            .into_inner();
+            })
+            .collect();
+        let (requests, mut responses) = match conns {
+            Conns::Channels(channels) => {
+                let (tx, rx) = mpsc::channel(creates.len().max(1));
+                for create in creates {
+                    tx.send(create).await.map_err(|_| {
+                        Error::Setup("watch stream closed while creating watchers".into())
+                    })?;
+                }
+                let mut grpc = tonic::client::Grpc::new(channels[s % channels.len()].clone());
+                grpc.ready()
+                    .await
+                    .map_err(|e| Error::Setup(format!("watch stream not ready: {e}")))?;
+                let responses = grpc
+                    .streaming(
+                        tonic::Request::new(ReceiverStream::new(rx)),
+                        PathAndQuery::from_static(WATCH_PATH),
+                        ProstCodec::<WatchRequest, WatchReply>::default(),
+                    )
+                    .await?
+                    .into_inner();
+                (
+                    Requests::Channel { _open: tx },
+                    Responses::Channel(responses),
+                )
+            }
+            Conns::Links(links) => {
+                let (tx, rx) = links[s % links.len()].watch(&creates).await?;
+                (Requests::Link { _open: tx }, Responses::Link(rx))
+            }
+        };
         let mut created = 0;
         while created < mine.len() {
             let resp = responses
@@ -128,7 +173,7 @@ pub async fn open(
             created += usize::from(resp.created);
         }
         out.push(WatchStream {
-            _requests: tx,
+            _requests: requests,
             responses,
         });
     }
@@ -245,11 +290,14 @@ pub async fn run_watch(
 ) -> Result<Report> {
     let space = opts.watched_keys.max(1);
     let keys = Keys::new("w", common.key_size, space, true);
-    let streams = open(channels, opts.streams, opts.watchers, |i| {
-        WatchCreateRequest {
-            key: keys.at(i as u64),
-            ..Default::default()
-        }
+    let conns = if links.is_empty() {
+        Conns::Channels(channels)
+    } else {
+        Conns::Links(links)
+    };
+    let streams = open(conns, opts.streams, opts.watchers, |i| WatchCreateRequest {
+        key: keys.at(i as u64),
+        ..Default::default()
     })
     .await?;
     let delivery = Arc::new(Delivery::default());
@@ -327,9 +375,11 @@ pub async fn run_hold(
         watchers.max(1) as u64,
         true,
     );
-    let streams = open(channels, streams, watchers, |i| WatchCreateRequest {
-        key: keys.at(i as u64),
-        ..Default::default()
+    let streams = open(Conns::Channels(channels), streams, watchers, |i| {
+        WatchCreateRequest {
+            key: keys.at(i as u64),
+            ..Default::default()
+        }
     })
     .await?;
     let setup = began.elapsed();
