@@ -441,16 +441,8 @@ mod tests {
         msg.data.reverse();
         msg.data.push(b'/');
         msg.data.extend(deadline);
-        let reply = http::Response::builder()
-            .status(200)
-            .header("content-type", "application/grpc")
-            .body(())
-            .expect("reply");
-        let mut send = respond.send_response(reply, false).expect("headers");
-        let mut framed = vec![0];
-        framed.extend((msg.encoded_len() as u32).to_be_bytes());
-        framed.extend(msg.encode_to_vec());
-        send.send_data(framed.into(), false).expect("data");
+        let mut send = ok_headers(&mut respond);
+        send.send_data(framed(&msg).into(), false).expect("data");
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         send.send_trailers(trailers).expect("trailers");
@@ -583,6 +575,16 @@ mod tests {
         assert!(Link::new("unix:///x", Duration::from_secs(1), 1).is_none());
     }
 
+    /// Sends a gRPC reply's headers (HTTP 200, `application/grpc`).
+    fn ok_headers(respond: &mut h2::server::SendResponse<Bytes>) -> h2::SendStream<Bytes> {
+        let reply = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("reply");
+        respond.send_response(reply, false).expect("headers")
+    }
+
     /// `message` framed as gRPC does.
     fn framed(message: &RaftMessage) -> Vec<u8> {
         let mut out = vec![0];
@@ -607,12 +609,7 @@ mod tests {
             let first = body.data().await.expect("a message").expect("data");
             let n: RaftMessage = decode_message(&first).expect("request");
             let n = n.data[0];
-            let reply = http::Response::builder()
-                .status(200)
-                .header("content-type", "application/grpc")
-                .body(())
-                .expect("reply");
-            let mut send = respond.send_response(reply, false).expect("headers");
+            let mut send = ok_headers(&mut respond);
             let msgs: Vec<Vec<u8>> = (0..n)
                 .map(|i| framed(&RaftMessage { data: vec![i; 3] }))
                 .collect();
