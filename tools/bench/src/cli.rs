@@ -32,7 +32,9 @@ pub struct Common {
         default_value = "127.0.0.1:2379"
     )]
     pub endpoints: Vec<String>,
-    /// Number of gRPC connections (HTTP/2 connections), spread over the endpoints.
+    /// Number of gRPC connections (HTTP/2 connections), spread over the endpoints. Unary KV
+    /// calls and fan-out watch streams use raw HTTP/2 links, the other streams tonic channels:
+    /// a workload with both holds this many of each.
     #[arg(long, global = true, default_value_t = 1)]
     pub conns: usize,
     /// Number of concurrent clients, spread over the connections.
