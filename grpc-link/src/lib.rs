@@ -1,7 +1,7 @@
-//! A unary gRPC call over a raw HTTP/2 connection, for the calls where the hops of a tonic
-//! channel show: kvstore's peers (AppendEntries, and writes a follower forwards to the leader)
-//! and the benchmark client's unary KV calls. The request's HEADERS and DATA frames leave in
-//! one write.
+//! gRPC calls over a raw HTTP/2 connection, for the calls where the hops of a tonic channel
+//! show: kvstore's peers (AppendEntries, and writes a follower forwards to the leader) and the
+//! benchmark client's KV calls and fan-out watch streams. A unary request's HEADERS and DATA
+//! frames leave in one write; unary and streaming replies are read by one [`Reader`].
 //!
 //! # Why not the tonic channel
 //! Through tonic's [`Channel`](tonic::transport::Channel) a unary request passes the channel's
@@ -25,7 +25,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
 use http::{HeaderMap, HeaderValue, Method, Request};
 use prost::Message;
@@ -93,7 +93,7 @@ impl Link {
                 self.reset().await;
             }
         }
-        decode_message(&reply?)
+        reply
     }
 
     /// Opens a streaming call of `path` (client, server or bidirectional streaming) and sends
@@ -111,20 +111,7 @@ impl Link {
         for message in first {
             sender.send(message)?;
         }
-        let reply = reply.await.map_err(broken)?;
-        let (parts, body) = reply.into_parts();
-        if parts.status != http::StatusCode::OK {
-            return Err(Status::unknown(format!(
-                "server answered HTTP {}",
-                parts.status
-            )));
-        }
-        check_grpc_status(&parts.headers)?;
-        let reader = Reader {
-            body,
-            buf: Bytes::new(),
-            max_message_bytes: self.max_reply_bytes,
-        };
+        let reader = self.reader(reply.await.map_err(broken)?)?;
         Ok((sender, reader))
     }
 
@@ -188,36 +175,44 @@ impl Link {
         }
     }
 
-    /// Sends one request with its whole body and returns the reply's body, after checking
-    /// the HTTP and gRPC statuses.
-    async fn exchange(&self, head: Request<()>, body: Bytes) -> Result<BytesMut, Status> {
+    /// Sends one request with its whole body and returns the reply's one message, after
+    /// checking the HTTP and gRPC statuses.
+    async fn exchange<Resp: Message + Default>(
+        &self,
+        head: Request<()>,
+        body: Bytes,
+    ) -> Result<Resp, Status> {
         let mut sender = self.ready().await?;
         let (reply, mut stream) = sender.send_request(head, false).map_err(broken)?;
         stream.send_data(body, true).map_err(broken)?;
+        let mut reader = self.reader(reply.await.map_err(broken)?)?;
+        let message = reader
+            .message()
+            .await?
+            .ok_or_else(|| Status::internal("reply without a message"))?;
+        // The rest of the call: its trailers carry the status.
+        if reader.message::<Resp>().await?.is_some() {
+            return Err(Status::internal("a unary reply with more than one message"));
+        }
+        Ok(message)
+    }
 
-        let reply = reply.await.map_err(broken)?;
-        let (parts, mut body) = reply.into_parts();
+    /// The reply side of a call whose head arrived, after checking the HTTP status and a
+    /// "trailers-only" reply's gRPC status.
+    fn reader(&self, reply: http::Response<h2::RecvStream>) -> Result<Reader, Status> {
+        let (parts, body) = reply.into_parts();
         if parts.status != http::StatusCode::OK {
             return Err(Status::unknown(format!(
                 "server answered HTTP {}",
                 parts.status
             )));
         }
-        // A "trailers-only" reply carries the status in its headers.
         check_grpc_status(&parts.headers)?;
-        let mut data = BytesMut::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.map_err(broken)?;
-            let _ = body.flow_control().release_capacity(chunk.len());
-            if data.len() + chunk.len() > self.max_reply_bytes + GRPC_PREFIX {
-                return Err(Status::resource_exhausted("reply too large"));
-            }
-            data.extend_from_slice(&chunk);
-        }
-        if let Some(trailers) = body.trailers().await.map_err(broken)? {
-            check_grpc_status(&trailers)?;
-        }
-        Ok(data)
+        Ok(Reader {
+            body,
+            buf: Bytes::new(),
+            max_message_bytes: self.max_reply_bytes,
+        })
     }
 
     /// The open connection, connecting first if there is none (or it has closed).
@@ -278,22 +273,10 @@ impl Reader {
     /// The next message; `None` once the server ended the call with an OK status.
     pub async fn message<M: Message + Default>(&mut self) -> Result<Option<M>, Status> {
         loop {
-            if self.buf.len() >= GRPC_PREFIX {
-                if self.buf[0] != 0 {
-                    return Err(Status::internal("message is compressed"));
-                }
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                    as usize;
-                if len > self.max_message_bytes {
-                    return Err(Status::resource_exhausted("message too large"));
-                }
-                if self.buf.len() >= GRPC_PREFIX + len {
-                    let message = self.buf.slice(GRPC_PREFIX..GRPC_PREFIX + len);
-                    self.buf = self.buf.slice(GRPC_PREFIX + len..);
-                    return M::decode(message)
-                        .map(Some)
-                        .map_err(|e| Status::internal(format!("decoding a message: {e}")));
-                }
+            if let Some(message) = next_message(&mut self.buf, self.max_message_bytes)? {
+                return M::decode(message)
+                    .map(Some)
+                    .map_err(|e| Status::internal(format!("decoding a message: {e}")));
             }
             match self.body.data().await {
                 Some(Ok(chunk)) => {
@@ -320,6 +303,27 @@ impl Reader {
             }
         }
     }
+}
+
+/// Cuts the next whole length-prefixed message out of `buf` (without copying it); `None` while
+/// `buf` does not hold all of it yet.
+fn next_message(buf: &mut Bytes, max_message_bytes: usize) -> Result<Option<Bytes>, Status> {
+    if buf.len() < GRPC_PREFIX {
+        return Ok(None);
+    }
+    if buf[0] != 0 {
+        return Err(Status::internal("message is compressed"));
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len > max_message_bytes {
+        return Err(Status::resource_exhausted("message too large"));
+    }
+    if buf.len() < GRPC_PREFIX + len {
+        return Ok(None);
+    }
+    let message = buf.slice(GRPC_PREFIX..GRPC_PREFIX + len);
+    buf.advance(GRPC_PREFIX + len);
+    Ok(Some(message))
 }
 
 /// `message` with gRPC's length prefix (uncompressed).
@@ -396,21 +400,6 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Decodes the one length-prefixed, uncompressed message of a unary reply.
-fn decode_message<Resp: Message + Default>(data: &[u8]) -> Result<Resp, Status> {
-    if data.len() < GRPC_PREFIX {
-        return Err(Status::internal("reply without a message"));
-    }
-    if data[0] != 0 {
-        return Err(Status::internal("reply is compressed"));
-    }
-    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
-    let message = data
-        .get(GRPC_PREFIX..GRPC_PREFIX + len)
-        .ok_or_else(|| Status::internal("reply shorter than its length prefix"))?;
-    Resp::decode(message).map_err(|e| Status::internal(format!("decoding a reply: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +407,14 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
     use tokio::net::TcpListener;
+
+    /// The one message of a request body the test servers read whole.
+    fn decode_message<M: Message + Default>(data: &[u8]) -> Result<M, Status> {
+        let mut buf = Bytes::copy_from_slice(data);
+        let message = next_message(&mut buf, usize::MAX)?
+            .ok_or_else(|| Status::internal("shorter than its length prefix"))?;
+        M::decode(message).map_err(|e| Status::internal(format!("decoding: {e}")))
+    }
 
     /// Answers one request of the test server: its `RaftMessage` with the data reversed, then
     /// `/` and the request's `grpc-timeout` (or `none`). The body is read without polling the
@@ -659,13 +656,26 @@ mod tests {
         let msg = RaftMessage {
             data: b"abc".to_vec(),
         };
-        let mut framed = vec![0, 0, 0, 0, msg.encoded_len() as u8];
-        framed.extend(msg.encode_to_vec());
-        let got: RaftMessage = decode_message(&framed).expect("decodes");
+        let mut whole = vec![0, 0, 0, 0, msg.encoded_len() as u8];
+        whole.extend(msg.encode_to_vec());
+        let got: RaftMessage = decode_message(&whole).expect("decodes");
         assert_eq!(got, msg);
-        framed.pop();
-        assert!(decode_message::<RaftMessage>(&framed).is_err());
+        let mut short = Bytes::copy_from_slice(&whole[..whole.len() - 1]);
+        assert!(
+            next_message(&mut short, 1 << 20)
+                .expect("not an error yet")
+                .is_none(),
+            "a message shorter than its prefix is not taken"
+        );
+        assert!(decode_message::<RaftMessage>(&whole[..whole.len() - 1]).is_err());
         assert!(decode_message::<RaftMessage>(&[1, 0, 0, 0, 0]).is_err());
+        let mut big = Bytes::from(whole);
+        assert_eq!(
+            next_message(&mut big, 2)
+                .expect_err("over the limit")
+                .code(),
+            Code::ResourceExhausted
+        );
     }
 
     #[test]
