@@ -33,8 +33,8 @@ pub struct Common {
     )]
     pub endpoints: Vec<String>,
     /// Number of gRPC connections (HTTP/2 connections), spread over the endpoints. Unary KV
-    /// calls and fan-out watch streams use raw HTTP/2 links, the other streams tonic channels:
-    /// a workload with both holds this many of each.
+    /// calls and fan-out watch streams use raw HTTP/2 links, the other streams tonic channels;
+    /// a workload opens only the kind it uses (`kube` both: this many of each).
     #[arg(long, global = true, default_value_t = 1)]
     pub conns: usize,
     /// Number of concurrent clients, spread over the connections.

@@ -1,6 +1,7 @@
 //! Connections: `--conns` HTTP/2 connections over the endpoints (or the leader alone), which
-//! the clients share round-robin, as etcd's benchmark does: tonic channels for the streaming
-//! calls, and as many raw links ([`KvLink`]) for the unary KV calls.
+//! the clients share round-robin, as etcd's benchmark does: raw links ([`KvLink`]) for the
+//! unary KV calls and fan-out watch streams, tonic channels for the other streaming calls. A
+//! workload opens only the kind it uses.
 
 use kvstore_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use kvstore_proto::etcdserverpb::StatusRequest;
@@ -92,19 +93,12 @@ pub async fn connections(common: &Common, targets: &[String]) -> Result<Vec<Chan
     Ok(channels)
 }
 
-/// The `--conns` raw links for unary KV calls, round-robin over `targets`.
+/// The `--conns` raw links, round-robin over `targets`.
 pub async fn links(common: &Common, targets: &[String]) -> Result<Vec<KvLink>> {
     let mut links = Vec::with_capacity(common.conns.max(1));
     for i in 0..common.conns.max(1) {
         let endpoint = &targets[i % targets.len()];
-        let link = KvLink::connect(&endpoint_url(endpoint))
-            .await
-            .ok_or_else(|| Error::Endpoint(endpoint.clone()))?
-            .map_err(|status| Error::Link {
-                endpoint: endpoint.clone(),
-                status,
-            })?;
-        links.push(link);
+        links.push(KvLink::connect(endpoint, &endpoint_url(endpoint)).await?);
     }
     Ok(links)
 }

@@ -4,8 +4,8 @@
 //! Through the channel a request passes its buffer task, hyper's dispatch task and a task of
 //! hyper's that pipes the body, before the connection task writes it: at 256 clients the client
 //! used 22–26 µs of CPU per put, as much as half of what kvstore's three members used, taken
-//! from the servers it measures on the same two cores; over links it uses 13–15 µs
-//! (docs/benchmarks.md). The link sends HEADERS and DATA from the caller's task, in one write.
+//! from the servers it measures on the same two cores; over links it uses less
+//! (12–17 µs in the 2026-12-05 runs, docs/benchmarks.md). The link sends HEADERS and DATA from the caller's task, in one write.
 //! The servers get the same calls either way (no `grpc-timeout` is sent, as before). The
 //! `watch` and `watch-latency` workloads open their watch streams on the links too (their
 //! readers decode hundreds of thousands of events per second on the servers' cores); the idle
@@ -20,6 +20,8 @@ use kvstore_proto::etcdserverpb::{
 };
 use tonic::Status;
 
+use crate::error::{Error, Result};
+
 /// Longest a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest reply accepted (a range of a whole preloaded key space fits).
@@ -32,10 +34,18 @@ pub struct KvLink {
 }
 
 impl KvLink {
-    /// A link to `url` (`http://host:port`), connected at once; `None` if the URL is not one.
-    pub async fn connect(url: &str) -> Option<Result<KvLink, Status>> {
-        let link = Arc::new(Link::new(url, CONNECT_TIMEOUT, MAX_REPLY_BYTES)?);
-        Some(link.connect().await.map(|()| KvLink { link }))
+    /// A link to `endpoint` (as given in `--endpoints`) at `url` (`http://host:port`),
+    /// connected at once.
+    pub async fn connect(endpoint: &str, url: &str) -> Result<KvLink> {
+        let link = Link::new(url, CONNECT_TIMEOUT, MAX_REPLY_BYTES)
+            .ok_or_else(|| Error::Endpoint(endpoint.to_string()))?;
+        link.connect().await.map_err(|status| Error::Link {
+            endpoint: endpoint.to_string(),
+            status,
+        })?;
+        Ok(KvLink {
+            link: Arc::new(link),
+        })
     }
 
     /// `KV.Put`.

@@ -13,14 +13,14 @@ use crate::report::Report;
 use crate::runner::{self, Client, Plan};
 
 /// The connection (channel or link) client `i` uses.
-fn channel<T: Clone>(conns: &[T], i: usize) -> T {
+fn pick<T: Clone>(conns: &[T], i: usize) -> T {
     conns[i % conns.len()].clone()
 }
 
 /// `--clients` clients made by `make(client index, its connection)`.
 fn clients<T: Clone, C>(common: &Common, conns: &[T], make: impl Fn(usize, T) -> C) -> Vec<C> {
     (0..common.clients.max(1))
-        .map(|i| make(i, channel(conns, i)))
+        .map(|i| make(i, pick(conns, i)))
         .collect()
 }
 
@@ -44,19 +44,11 @@ async fn measure<C: Client>(
 
 /// Runs one workload.
 pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
+    // Each workload opens only the connections it uses: idle ones would sit on the servers
+    // (and `watch-hold` would count them in the server's memory per watcher).
     let targets = conn::targets(common).await?;
-    let channels = conn::connections(common, &targets).await?;
-    // Only the workloads with unary KV calls open links (the others would hold idle
-    // connections, which `watch-hold` would count in the server's memory per watcher).
-    let unary = !matches!(
-        workload,
-        Workload::WatchHold { .. } | Workload::LeaseKeepalive
-    );
-    let links = if unary {
-        conn::links(common, &targets).await?
-    } else {
-        Vec::new()
-    };
+    let links = || conn::links(common, &targets);
+    let channels = || conn::connections(common, &targets);
     let name = workload.name();
     let keys = Keys::new(
         "",
@@ -68,6 +60,7 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
     let report = match workload {
         Workload::Put { batch } => {
             kv::check_batch(batch, keys.space)?;
+            let links = links().await?;
             let cs = clients(common, &links, |i, link| {
                 kv::PutClient::new(link, keys.clone(), common.val_size, batch, seed(i))
             });
@@ -82,6 +75,7 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
             consistency,
             no_preload,
         } => {
+            let links = links().await?;
             if !no_preload {
                 kv::preload(common, &links, &keys, common.val_size).await?;
             }
@@ -91,6 +85,7 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
             measure(common, name, &["range"], cs).await
         }
         Workload::TxnPut => {
+            let links = links().await?;
             let cs = clients(common, &links, |i, link| {
                 kv::CasClient::new(link, keys.clone(), common.val_size, seed(i))
             });
@@ -105,6 +100,7 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
             rw_ratio,
             consistency,
         } => {
+            let links = links().await?;
             kv::preload(common, &links, &keys, common.val_size).await?;
             let cs = clients(common, &links, |i, link| {
                 kv::MixedClient::new(
@@ -118,7 +114,7 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
             });
             measure(common, name, &["txn-read", "txn-write"], cs).await
         }
-        Workload::Watch(opts) => watch::run_watch(common, &channels, &links, &opts, name).await?,
+        Workload::Watch(opts) => watch::run_watch(common, &links().await?, &opts, name).await?,
         Workload::WatchLatency {
             watchers,
             streams,
@@ -130,7 +126,7 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
                 watched_keys: 1,
                 put_rate,
             };
-            watch::run_watch(common, &channels, &links, &opts, name).await?
+            watch::run_watch(common, &links().await?, &opts, name).await?
         }
         Workload::WatchHold {
             watchers,
@@ -140,7 +136,7 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
         } => {
             watch::run_hold(
                 common,
-                &channels,
+                &channels().await?,
                 watchers,
                 streams,
                 hold,
@@ -149,9 +145,10 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
             .await?
         }
         Workload::LeaseKeepalive => {
+            let channels = channels().await?;
             let mut cs = Vec::new();
             for i in 0..common.clients.max(1) {
-                cs.push(lease::KeepAliveClient::new(channel(&channels, i)).await?);
+                cs.push(lease::KeepAliveClient::new(pick(&channels, i)).await?);
             }
             measure(common, name, &["keepalive"], cs).await
         }
@@ -162,8 +159,8 @@ pub async fn run(common: &Common, workload: Workload) -> Result<Report> {
         } => {
             kube::run(
                 common,
-                &channels,
-                &links,
+                &channels().await?,
+                &links().await?,
                 page_size,
                 informers,
                 list_percent,

@@ -280,24 +280,20 @@ impl Client for StampedPutClient {
     }
 }
 
-/// `watch` and `watch-latency`: the watch streams on `channels`, the writers' puts on `links`.
+/// `watch` and `watch-latency`: the watch streams and the writers' puts on `links`.
 pub async fn run_watch(
     common: &Common,
-    channels: &[Channel],
     links: &[KvLink],
     opts: &WatchOpts,
     name: &str,
 ) -> Result<Report> {
     let space = opts.watched_keys.max(1);
     let keys = Keys::new("w", common.key_size, space, true);
-    let conns = if links.is_empty() {
-        Conns::Channels(channels)
-    } else {
-        Conns::Links(links)
-    };
-    let streams = open(conns, opts.streams, opts.watchers, |i| WatchCreateRequest {
-        key: keys.at(i as u64),
-        ..Default::default()
+    let streams = open(Conns::Links(links), opts.streams, opts.watchers, |i| {
+        WatchCreateRequest {
+            key: keys.at(i as u64),
+            ..Default::default()
+        }
     })
     .await?;
     let delivery = Arc::new(Delivery::default());
