@@ -294,6 +294,19 @@ impl Command {
             Command::Batch(commands) => commands.iter().all(Command::is_light),
         }
     }
+
+    /// Whether the command may join a write group ([`mvcc::WriteGroup`]): a put, a delete, a
+    /// transaction that writes. Those read only the index and the values of keys, which a
+    /// group shows to the transactions after each; a read-only transaction reads at the
+    /// published revision, lease commands read the lease table, a compaction checks the
+    /// revision, and the rest write outside the key space, so they are applied between groups.
+    pub fn may_join_group(&self) -> bool {
+        match self {
+            Command::Put(_) | Command::DeleteRange(_) => true,
+            Command::Txn(t) => !mvcc::txn::is_read_only(t),
+            _ => false,
+        }
+    }
 }
 
 /// Whether a transaction touches single keys only: compares and operations without a range

@@ -8,6 +8,7 @@
 //! - [`backend`]: RocksDB column families and their encodings.
 //! - [`leases`]: granted leases and the keys attached to them, as data.
 //! - [`store`]: [`KvStore`], index and backend kept consistent; reads and write transactions.
+//! - [`write_group`]: write transactions made durable together, by one RocksDB write.
 //! - [`txn`]: etcd's Range/Put/DeleteRange/Txn semantics on the API's own messages.
 //! - [`validate`]: the request checks etcd makes before touching the store.
 //! - [`compaction`]: removing history in bounded batches.
@@ -28,6 +29,7 @@ pub mod revision;
 pub mod store;
 pub mod txn;
 pub mod validate;
+pub mod write_group;
 
 pub use backend::LeaseRecord;
 pub use compaction::CompactionJob;
@@ -36,5 +38,6 @@ pub use hash::KvHash;
 pub use index::KeyRange;
 pub use revision::Revision;
 pub use store::{Committed, KvStore, Limits, RangeOptions, RangeResult, StoreOptions, WriteTxn};
+pub use write_group::WriteGroup;
 #[cfg(test)]
 mod model_test;

@@ -53,6 +53,9 @@ enum Op {
         back: i64,
     },
     Restart,
+    /// Puts, deletes and writing transactions in one write group: each sees the ones before
+    /// it, readers see none of them until the group ends.
+    Group(Vec<Op>),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -138,14 +141,31 @@ fn op_strategy() -> impl Strategy<Value = Op> {
                 })
             },
         );
-    prop_oneof![
-        6 => (key.clone(), any::<u8>(), 0..(LEASES.len() + 3)).prop_map(|(key, value, lease)| Op::Put { key, value, lease }),
-        2 => (key.clone(), end).prop_map(|(key, end)| Op::Delete { key, end }),
-        6 => range,
-        3 => (key.clone(), 0i64..4, prop::collection::btree_set(0..KEYS.len(), 0..3), key.clone())
+    let put = (key.clone(), any::<u8>(), 0..(LEASES.len() + 3))
+        .prop_map(|(key, value, lease)| Op::Put { key, value, lease });
+    let delete = (key.clone(), end).prop_map(|(key, end)| Op::Delete { key, end });
+    let txn = |then: std::ops::Range<usize>| {
+        (
+            key.clone(),
+            0i64..4,
+            prop::collection::btree_set(0..KEYS.len(), then),
+            key.clone(),
+        )
             .prop_map(|(cmp_key, cmp_version, then_keys, else_read)| Op::Txn {
-                cmp_key, cmp_version, then_keys: then_keys.into_iter().collect(), else_read,
-            }),
+                cmp_key,
+                cmp_version,
+                then_keys: then_keys.into_iter().collect(),
+                else_read,
+            })
+    };
+    // What may join a write group (`Command::may_join_group`): a transaction that writes.
+    let grouped = prop_oneof![3 => put.clone(), 1 => delete.clone(), 2 => txn(1..3)];
+    prop_oneof![
+        6 => put,
+        2 => delete,
+        6 => range,
+        3 => txn(0..3),
+        2 => prop::collection::vec(grouped, 1..6).prop_map(Op::Group),
         1 => (0..LEASES.len()).prop_map(Op::Grant),
         1 => (0..LEASES.len()).prop_map(Op::Revoke),
         1 => (0i64..8).prop_map(|back| Op::Compact { back }),
@@ -342,52 +362,40 @@ fn run(ops: &[Op], fault: Option<Fault>) -> Result<(), TestCaseError> {
     for (step, op) in ops.iter().enumerate() {
         let what = format!("step {step} {op:?}");
         match op {
-            Op::Put { key, value, lease } => {
-                let lease = LEASES.get(*lease).copied().unwrap_or(0);
-                let key = KEYS[*key].to_vec();
-                let req = PutRequest {
-                    key: key.clone(),
-                    value: vec![*value],
-                    lease,
-                    prev_kv: true,
-                    ..PutRequest::default()
-                };
-                let got = store
-                    .put(&req)
-                    .map(|(r, _)| (r.prev_kv, r.header.map(|h| h.revision)));
-                let want = if lease != 0 && !model.leases.contains(&lease) {
-                    Err(Error::LeaseNotFound)
-                } else {
-                    let prev = model.latest().get(&key).cloned();
-                    model.commit(vec![(key, Some((vec![*value], lease)))]);
-                    Ok((prev, Some(model.rev())))
-                };
-                check(&what, got, want)?;
+            Op::Put { .. } | Op::Delete { .. } | Op::Txn { .. } => {
+                write_step(&store, &mut model, op, &what)?;
             }
-            Op::Delete { key, end } => {
-                let k = KEYS[*key].to_vec();
-                let end = end_bytes(&k, *end);
-                let req = DeleteRangeRequest {
-                    key: k.clone(),
-                    range_end: end.clone(),
-                    prev_kv: true,
+            Op::Group(ops) => {
+                let base = model.rev();
+                let group = store.begin_group();
+                for (i, op) in ops.iter().enumerate() {
+                    write_step(&store, &mut model, op, &format!("{what} [{i}]"))?;
+                }
+                // Readers see nothing of the group before it ends.
+                let all = RangeRequest {
+                    key: vec![0],
+                    range_end: vec![0],
+                    ..RangeRequest::default()
                 };
-                let got = store
-                    .delete_range(&req)
-                    .map(|(r, _)| (r.deleted, r.prev_kvs, r.header.map(|h| h.revision)));
-                let want = if !end.is_empty() && end != [0] && end < k {
-                    Err(Error::InvalidRangeEnd)
-                } else {
-                    let prev: Vec<KeyValue> = model
-                        .latest()
-                        .values()
-                        .filter(|kv| Model::in_range(&kv.key, &k, &end))
-                        .cloned()
-                        .collect();
-                    model.commit(prev.iter().map(|kv| (kv.key.clone(), None)).collect());
-                    Ok((prev.len() as i64, prev, Some(model.rev())))
-                };
-                check(&what, got, want)?;
+                prop_assert_eq!(
+                    store.current_revision(),
+                    base,
+                    "{}: revision in the group",
+                    what
+                );
+                check(
+                    &format!("{what}: read before the group ends"),
+                    store.range(&all).map(|r| r.kvs),
+                    model
+                        .range(&RangeRequest {
+                            revision: base,
+                            ..all.clone()
+                        })
+                        .map(|r| r.0),
+                )?;
+                group
+                    .end()
+                    .map_err(|e| TestCaseError::fail(format!("{what}: end: {e}")))?;
             }
             Op::Range(spec) => {
                 let req = range_request(spec, model.rev());
@@ -399,84 +407,6 @@ fn run(ops: &[Op], fault: Option<Fault>) -> Result<(), TestCaseError> {
                     } else {
                         model.range(&req)
                     };
-                check(&what, got, want)?;
-            }
-            Op::Txn {
-                cmp_key,
-                cmp_version,
-                then_keys,
-                else_read,
-            } => {
-                let cmp_k = KEYS[*cmp_key].to_vec();
-                let req = TxnRequest {
-                    compare: vec![Compare {
-                        result: CompareResult::Equal as i32,
-                        target: CompareTarget::Version as i32,
-                        key: cmp_k.clone(),
-                        target_union: Some(TargetUnion::Version(*cmp_version)),
-                        range_end: Vec::new(),
-                    }],
-                    success: then_keys
-                        .iter()
-                        .enumerate()
-                        .map(|(i, k)| RequestOp {
-                            request: Some(if i % 2 == 0 {
-                                Request::RequestPut(PutRequest {
-                                    key: KEYS[*k].to_vec(),
-                                    value: b"txn".to_vec(),
-                                    ..PutRequest::default()
-                                })
-                            } else {
-                                Request::RequestDeleteRange(DeleteRangeRequest {
-                                    key: KEYS[*k].to_vec(),
-                                    ..DeleteRangeRequest::default()
-                                })
-                            }),
-                        })
-                        .collect(),
-                    failure: vec![RequestOp {
-                        request: Some(Request::RequestRange(RangeRequest {
-                            key: KEYS[*else_read].to_vec(),
-                            ..RangeRequest::default()
-                        })),
-                    }],
-                };
-                let got = store.txn(&req).map(|(r, _)| {
-                    let reads: Vec<Vec<KeyValue>> = r
-                        .responses
-                        .iter()
-                        .filter_map(|op| match &op.response {
-                            Some(Response::ResponseRange(rr)) => Some(rr.kvs.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    (r.succeeded, reads, r.header.map(|h| h.revision))
-                });
-                let version = model.latest().get(&cmp_k).map(|kv| kv.version).unwrap_or(0);
-                let want = if version == *cmp_version {
-                    let changes = then_keys
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, k)| {
-                            let key = KEYS[*k].to_vec();
-                            if i % 2 == 0 {
-                                Some((key, Some((b"txn".to_vec(), 0))))
-                            } else {
-                                model.latest().contains_key(&key).then_some((key, None))
-                            }
-                        })
-                        .collect();
-                    model.commit(changes);
-                    Ok((true, Vec::new(), Some(model.rev())))
-                } else {
-                    let kv: Vec<KeyValue> = model
-                        .latest()
-                        .get(KEYS[*else_read])
-                        .cloned()
-                        .into_iter()
-                        .collect();
-                    Ok((false, vec![kv], Some(model.rev())))
-                };
                 check(&what, got, want)?;
             }
             Op::Grant(i) => {
@@ -569,6 +499,145 @@ fn run(ops: &[Op], fault: Option<Fault>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Runs one put, delete or transaction against the store (in a write group or not) and the
+/// model.
+fn write_step(
+    store: &KvStore,
+    model: &mut Model,
+    op: &Op,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    match op {
+        Op::Put { key, value, lease } => {
+            let lease = LEASES.get(*lease).copied().unwrap_or(0);
+            let key = KEYS[*key].to_vec();
+            let req = PutRequest {
+                key: key.clone(),
+                value: vec![*value],
+                lease,
+                prev_kv: true,
+                ..PutRequest::default()
+            };
+            let got = store
+                .put(&req)
+                .map(|(r, _)| (r.prev_kv, r.header.map(|h| h.revision)));
+            let want = if lease != 0 && !model.leases.contains(&lease) {
+                Err(Error::LeaseNotFound)
+            } else {
+                let prev = model.latest().get(&key).cloned();
+                model.commit(vec![(key, Some((vec![*value], lease)))]);
+                Ok((prev, Some(model.rev())))
+            };
+            check(what, got, want)?;
+        }
+        Op::Delete { key, end } => {
+            let k = KEYS[*key].to_vec();
+            let end = end_bytes(&k, *end);
+            let req = DeleteRangeRequest {
+                key: k.clone(),
+                range_end: end.clone(),
+                prev_kv: true,
+            };
+            let got = store
+                .delete_range(&req)
+                .map(|(r, _)| (r.deleted, r.prev_kvs, r.header.map(|h| h.revision)));
+            let want = if !end.is_empty() && end != [0] && end < k {
+                Err(Error::InvalidRangeEnd)
+            } else {
+                let prev: Vec<KeyValue> = model
+                    .latest()
+                    .values()
+                    .filter(|kv| Model::in_range(&kv.key, &k, &end))
+                    .cloned()
+                    .collect();
+                model.commit(prev.iter().map(|kv| (kv.key.clone(), None)).collect());
+                Ok((prev.len() as i64, prev, Some(model.rev())))
+            };
+            check(what, got, want)?;
+        }
+        Op::Txn {
+            cmp_key,
+            cmp_version,
+            then_keys,
+            else_read,
+        } => {
+            let cmp_k = KEYS[*cmp_key].to_vec();
+            let req = TxnRequest {
+                compare: vec![Compare {
+                    result: CompareResult::Equal as i32,
+                    target: CompareTarget::Version as i32,
+                    key: cmp_k.clone(),
+                    target_union: Some(TargetUnion::Version(*cmp_version)),
+                    range_end: Vec::new(),
+                }],
+                success: then_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| RequestOp {
+                        request: Some(if i % 2 == 0 {
+                            Request::RequestPut(PutRequest {
+                                key: KEYS[*k].to_vec(),
+                                value: b"txn".to_vec(),
+                                ..PutRequest::default()
+                            })
+                        } else {
+                            Request::RequestDeleteRange(DeleteRangeRequest {
+                                key: KEYS[*k].to_vec(),
+                                ..DeleteRangeRequest::default()
+                            })
+                        }),
+                    })
+                    .collect(),
+                failure: vec![RequestOp {
+                    request: Some(Request::RequestRange(RangeRequest {
+                        key: KEYS[*else_read].to_vec(),
+                        ..RangeRequest::default()
+                    })),
+                }],
+            };
+            let got = store.txn(&req).map(|(r, _)| {
+                let reads: Vec<Vec<KeyValue>> = r
+                    .responses
+                    .iter()
+                    .filter_map(|op| match &op.response {
+                        Some(Response::ResponseRange(rr)) => Some(rr.kvs.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                (r.succeeded, reads, r.header.map(|h| h.revision))
+            });
+            let version = model.latest().get(&cmp_k).map(|kv| kv.version).unwrap_or(0);
+            let want = if version == *cmp_version {
+                let changes = then_keys
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, k)| {
+                        let key = KEYS[*k].to_vec();
+                        if i % 2 == 0 {
+                            Some((key, Some((b"txn".to_vec(), 0))))
+                        } else {
+                            model.latest().contains_key(&key).then_some((key, None))
+                        }
+                    })
+                    .collect();
+                model.commit(changes);
+                Ok((true, Vec::new(), Some(model.rev())))
+            } else {
+                let kv: Vec<KeyValue> = model
+                    .latest()
+                    .get(KEYS[*else_read])
+                    .cloned()
+                    .into_iter()
+                    .collect();
+                Ok((false, vec![kv], Some(model.rev())))
+            };
+            check(what, got, want)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op_strategy(), 1..120)
 }
@@ -605,5 +674,13 @@ fn model_test_catches_recreated_key_keeping_its_version() {
     assert!(
         finds(Fault::RecreateKeepsVersion),
         "the model test missed a re-created key continuing the old version"
+    );
+}
+
+#[test]
+fn model_test_catches_a_group_not_reading_its_own_writes() {
+    assert!(
+        finds(Fault::GroupReadsOnlyDisk),
+        "the model test missed a write group whose transactions cannot read earlier ones' values"
     );
 }

@@ -9,8 +9,11 @@
 //! written, then `current_rev` is bumped. That bump is the commit point of the index; if the
 //! batch write fails, the index changes are rolled back and the revision is not bumped.
 //!
-//! Lock order: `writer`, then `index`, then `leases`. Readers take only `index` (shared) and
-//! then read RocksDB without any lock.
+//! Lock order: `writer`, then `group`, then `index`, then `leases`. Readers take only `index`
+//! (shared) and then read RocksDB without any lock.
+//!
+//! A [`WriteGroup`](super::write_group::WriteGroup) holds `writer` across several write
+//! transactions and commits them with one RocksDB write (see [`super::write_group`]).
 //!
 //! # Reads racing compaction
 //! Compaction at revision C removes only revisions that no read at or above C can see, so a read
@@ -35,6 +38,7 @@ use super::error::{Error, Result};
 use super::index::{KeyRange, TreeIndex};
 use super::leases::{LeaseChange, LeaseTable};
 use super::revision::Revision;
+use super::write_group::GroupState;
 
 /// Limits on what one request may ask, etcd's defaults unless configured.
 #[derive(Clone, Copy, Debug)]
@@ -80,6 +84,9 @@ pub(crate) enum Fault {
     CompactionDropsLatest,
     /// A put into a key that was deleted keeps counting the old generation's version.
     RecreateKeepsVersion,
+    /// A transaction in a write group reads values only from disk, not those written earlier
+    /// in its group.
+    GroupReadsOnlyDisk,
 }
 
 impl Default for StoreOptions {
@@ -137,22 +144,25 @@ pub struct KvStore {
     /// Key → its generations of revisions. Written only while `writer` is held.
     pub(super) index: RwLock<TreeIndex>,
     /// Serialises write transactions; holds nothing but the right to write.
-    writer: Mutex<()>,
+    pub(super) writer: Mutex<()>,
+    /// The open write group, if any: write transactions its thread begins join it.
+    pub(super) group: Mutex<Option<GroupState>>,
     /// The newest committed main revision; readers read at or below it.
-    current_rev: AtomicI64,
+    pub(super) current_rev: AtomicI64,
     /// Reads below this revision fail with `Compacted` (etcd's compactMainRev).
     compacted_rev: AtomicI64,
     /// The Raft log index of the last applied entry (etcd's consistent index).
-    consistent_index: AtomicI64,
+    pub(super) consistent_index: AtomicI64,
     /// Granted leases and the keys attached to each. Written only while `writer` is held.
     pub(super) leases: RwLock<LeaseTable>,
     /// One physical compaction at a time.
     pub(super) compaction: Mutex<()>,
     /// Told about every committed change (the watch hub).
-    observer: RwLock<Option<CommitObserver>>,
+    pub(super) observer: RwLock<Option<CommitObserver>>,
     /// Metadata the Raft layer wants written atomically with the next committed transaction
-    /// (the log position of the entry being applied). Drained by the next commit.
-    apply_meta: Mutex<StagedApply>,
+    /// (the log position of the entry being applied). Drained by the next commit (or by the
+    /// end of an open write group).
+    pub(super) apply_meta: Mutex<StagedApply>,
     /// How the store was opened.
     pub(super) options: StoreOptions,
 }
@@ -166,6 +176,7 @@ impl KvStore {
             backend,
             index: RwLock::new(TreeIndex::new()),
             writer: Mutex::new(()),
+            group: Mutex::new(None),
             current_rev: AtomicI64::new(1),
             compacted_rev: AtomicI64::new(0),
             consistent_index: AtomicI64::new(0),
@@ -342,7 +353,7 @@ impl KvStore {
     /// Reads the keys in `range` as of `opts.rev` (etcd's `rangeKeys`).
     pub fn read_range(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult> {
         let current = self.current_revision();
-        self.range_at(range, opts, current, None)
+        self.range_at(range, opts, current, &|_| None)
     }
 
     /// Reads as if `current` were the newest revision (a consistent read view).
@@ -352,17 +363,17 @@ impl KvStore {
         opts: RangeOptions,
         current: i64,
     ) -> Result<RangeResult> {
-        self.range_at(range, opts, current, None)
+        self.range_at(range, opts, current, &|_| None)
     }
 
-    /// The shared read path: `current` is the revision the reader sees as newest, `pending` the
-    /// uncommitted changes of the write transaction reading (if any).
+    /// The shared read path: `current` is the revision the reader sees as newest, `unwritten`
+    /// the values a write transaction reading sees before they are on disk (none for readers).
     fn range_at(
         &self,
         range: &KeyRange,
         opts: RangeOptions,
         current: i64,
-        pending: Option<&Pending>,
+        unwritten: Unwritten<'_>,
     ) -> Result<RangeResult> {
         if opts.rev > current {
             return Err(Error::FutureRevision);
@@ -379,7 +390,7 @@ impl KvStore {
                 rev: current,
             });
         }
-        let kvs = self.fetch(&revs, pending)?;
+        let kvs = self.fetch(&revs, unwritten)?;
         if rev < self.compacted_revision() {
             // A compaction raced this read; what was fetched may be incomplete.
             return Err(Error::Compacted);
@@ -392,12 +403,12 @@ impl KvStore {
     }
 
     /// Loads the key-values stored at `revs` (all live revisions, in the order given).
-    fn fetch(&self, revs: &[Revision], pending: Option<&Pending>) -> Result<Vec<KeyValue>> {
+    fn fetch(&self, revs: &[Revision], unwritten: Unwritten<'_>) -> Result<Vec<KeyValue>> {
         let mut out = Vec::with_capacity(revs.len());
         let mut from_disk = Vec::with_capacity(revs.len());
         for (i, rev) in revs.iter().enumerate() {
-            match pending.and_then(|p| p.get(*rev)) {
-                Some(kv) => out.push(Some(kv.clone())),
+            match unwritten(*rev) {
+                Some(kv) => out.push(Some(kv)),
                 None => {
                     out.push(None);
                     from_disk.push((i, rev.to_key()));
@@ -426,21 +437,15 @@ impl KvStore {
         Ok(out.into_iter().flatten().collect())
     }
 
-    /// Begins a write transaction; it holds the writer lock until committed or dropped.
+    /// Begins a write transaction; it holds the writer lock until committed or dropped. On the
+    /// thread of an open [`WriteGroup`](super::write_group::WriteGroup) it joins the group
+    /// instead (the group holds the lock).
     pub fn write(&self) -> WriteTxn<'_> {
-        let guard = self.writer.lock();
-        let begin_rev = self.current_revision();
-        WriteTxn {
-            store: self,
-            _guard: guard,
-            begin_rev,
-            batch: WriteBatch::default(),
-            pending: Pending::default(),
-            touched: Vec::new(),
-            lease_changes: Vec::new(),
-            consistent_index: None,
-            done: false,
+        if let Some(group_rev) = self.own_group_revision() {
+            return WriteTxn::new(self, None, group_rev);
         }
+        let guard = self.writer.lock();
+        WriteTxn::new(self, Some(guard), self.current_revision())
     }
 
     /// Every granted lease.
@@ -480,9 +485,25 @@ impl KvStore {
     }
 }
 
+/// The watch events of a transaction's changes (puts and tombstones, in order).
+pub(super) fn events_of(changes: Vec<(KeyValue, bool)>) -> Vec<Event> {
+    changes
+        .into_iter()
+        .map(|(kv, tombstone)| Event {
+            r#type: if tombstone {
+                EventType::Delete as i32
+            } else {
+                EventType::Put as i32
+            },
+            kv: Some(kv),
+            prev_kv: None,
+        })
+        .collect()
+}
+
 /// Metadata staged by the Raft layer for the next write (see [`KvStore::stage_apply_meta`]).
 #[derive(Default)]
-struct StagedApply {
+pub(super) struct StagedApply {
     /// The consistent index to record, if any.
     index: Option<u64>,
     /// `meta` column family entries to write.
@@ -490,12 +511,12 @@ struct StagedApply {
 }
 
 impl StagedApply {
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.index.is_none() && self.meta.is_empty()
     }
 
     /// Adds the staged entries to a batch.
-    fn add_to(&self, batch: &mut WriteBatch, meta_cf: &impl rocksdb::AsColumnFamilyRef) {
+    pub(super) fn add_to(&self, batch: &mut WriteBatch, meta_cf: &impl rocksdb::AsColumnFamilyRef) {
         if let Some(index) = self.index {
             batch.put_cf(meta_cf, META_CONSISTENT_INDEX, encode_i64(index as i64));
         }
@@ -505,7 +526,7 @@ impl StagedApply {
     }
 
     /// Makes the recorded index visible once its batch is durable.
-    fn publish(&self, store: &KvStore) {
+    pub(super) fn publish(&self, store: &KvStore) {
         if let Some(index) = self.index {
             store
                 .consistent_index
@@ -514,17 +535,21 @@ impl StagedApply {
     }
 }
 
+/// Where a write transaction finds the values it wrote that are not on disk yet.
+pub(super) type Unwritten<'a> = &'a dyn Fn(Revision) -> Option<KeyValue>;
+
 /// The uncommitted changes of a write transaction, addressable by revision.
 #[derive(Default)]
-struct Pending {
+pub(super) struct Pending {
     /// Changes in order; the change with sub revision `s` is at position `s`.
-    changes: Vec<(KeyValue, bool)>,
+    pub(super) changes: Vec<(KeyValue, bool)>,
     /// The main revision all changes share.
-    main: i64,
+    pub(super) main: i64,
 }
 
 impl Pending {
-    fn get(&self, rev: Revision) -> Option<&KeyValue> {
+    /// The value written at `rev`, if this is its transaction and it was not a delete.
+    pub(super) fn get(&self, rev: Revision) -> Option<&KeyValue> {
         if rev.main != self.main {
             return None;
         }
@@ -536,23 +561,42 @@ impl Pending {
 /// One write transaction: every change shares one main revision and lands in one batch.
 pub struct WriteTxn<'a> {
     /// The store written to.
-    store: &'a KvStore,
-    /// The writer lock, held for the transaction's life.
-    _guard: MutexGuard<'a, ()>,
-    /// The store's revision when the transaction began; changes are at `begin_rev + 1`.
-    begin_rev: i64,
+    pub(super) store: &'a KvStore,
+    /// The writer lock, held for the transaction's life; `None` in a write group (the group
+    /// holds it).
+    _guard: Option<MutexGuard<'a, ()>>,
+    /// The store's revision when the transaction began (in a write group, the group's newest);
+    /// changes are at `begin_rev + 1`.
+    pub(super) begin_rev: i64,
     /// Everything to write, committed atomically.
-    batch: WriteBatch,
+    pub(super) batch: WriteBatch,
     /// Changes so far, readable by later operations of this transaction.
-    pending: Pending,
+    pub(super) pending: Pending,
     /// Keys whose index entries changed (for rollback).
-    touched: Vec<Vec<u8>>,
+    pub(super) touched: Vec<Vec<u8>>,
     /// Lease attachments and grants to apply to the lease table at commit.
-    lease_changes: Vec<LeaseChange>,
+    pub(super) lease_changes: Vec<LeaseChange>,
     /// The Raft index to record with this transaction.
     consistent_index: Option<u64>,
     /// Committed (or rolled back): nothing to undo on drop.
-    done: bool,
+    pub(super) done: bool,
+}
+
+impl<'a> WriteTxn<'a> {
+    /// A transaction on `store` after revision `begin_rev`, holding `guard` (none in a group).
+    fn new(store: &'a KvStore, guard: Option<MutexGuard<'a, ()>>, begin_rev: i64) -> Self {
+        WriteTxn {
+            store,
+            _guard: guard,
+            begin_rev,
+            batch: WriteBatch::default(),
+            pending: Pending::default(),
+            touched: Vec::new(),
+            lease_changes: Vec::new(),
+            consistent_index: None,
+            done: false,
+        }
+    }
 }
 
 impl WriteTxn<'_> {
@@ -578,8 +622,17 @@ impl WriteTxn<'_> {
 
     /// Reads as of `opts.rev` (0: including this transaction's own changes so far).
     pub fn range(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult> {
-        self.store
-            .range_at(range, opts, self.rev(), Some(&self.pending))
+        let unwritten = |rev: Revision| match self.pending.get(rev) {
+            Some(kv) => Some(kv.clone()),
+            None if self._guard.is_none() => self.store.grouped_value(rev),
+            None => None,
+        };
+        self.store.range_at(range, opts, self.rev(), &unwritten)
+    }
+
+    /// Whether this transaction is part of a write group (committed with it, not alone).
+    pub(super) fn in_group(&self) -> bool {
+        self._guard.is_none()
     }
 
     /// Puts `key` = `value` attached to `lease` (0 for none), as etcd's `storeTxnWrite.put`.
@@ -747,6 +800,9 @@ impl WriteTxn<'_> {
     /// Makes the transaction durable, then visible. A transaction that changed nothing does not
     /// bump the revision (but still records the consistent index and lease changes).
     pub fn commit(mut self) -> Result<Committed> {
+        if self.in_group() {
+            return self.commit_to_group();
+        }
         let changed = !self.pending.changes.is_empty();
         let new_rev = self.rev();
         let meta = self.store.backend.cf(CF_META);
@@ -785,18 +841,7 @@ impl WriteTxn<'_> {
                 .store(ci as i64, Ordering::Release);
         }
         self.store.current_rev.store(new_rev, Ordering::Release);
-        let events = std::mem::take(&mut self.pending.changes)
-            .into_iter()
-            .map(|(kv, tombstone)| Event {
-                r#type: if tombstone {
-                    EventType::Delete as i32
-                } else {
-                    EventType::Put as i32
-                },
-                kv: Some(kv),
-                prev_kv: None,
-            })
-            .collect();
+        let events = events_of(std::mem::take(&mut self.pending.changes));
         let committed = Committed {
             rev: new_rev,
             events,

@@ -48,9 +48,9 @@ pub const META_RAFT_APPLIED: &[u8] = b"raft_applied";
 /// `meta` key of the last applied membership.
 pub const META_RAFT_MEMBERSHIP: &[u8] = b"raft_membership";
 /// `meta` key of the progress through a batch entry ([`Command::Batch`]): its log index and how
-/// many of its commands are applied. Written with each command, so that after a crash part-way
-/// the entry (re-applied, since the applied log id is still the one before it) resumes with the
-/// first command not yet applied.
+/// many of its commands are applied. Written with each write of its commands (a write group or
+/// a command applied alone), so that after a crash part-way the entry (re-applied, since the
+/// applied log id is still the one before it) resumes with the first command not yet applied.
 pub const META_RAFT_BATCH: &[u8] = b"raft_batch_progress";
 
 /// Key-values for the `meta` column family.
@@ -278,9 +278,10 @@ fn apply_command(
 }
 
 /// Applies the commands of the batch entry at `log_id`, each as if it were an entry of its own,
-/// recording after each how far into the batch the store is ([`META_RAFT_BATCH`]); the entry's
-/// log id is recorded with the last one. Commands a crash left applied are skipped (nobody
-/// waits for their results any more).
+/// recording how far into the batch the store is ([`META_RAFT_BATCH`]); the entry's log id is
+/// recorded with the last one. Runs of puts, deletes and writing transactions share one
+/// RocksDB write ([`mvcc::WriteGroup`]); the other commands are applied alone, between runs.
+/// Commands a crash left applied are skipped (nobody waits for their results any more).
 fn apply_batch(
     store: &KvStore,
     applier: &Applier,
@@ -304,7 +305,21 @@ fn apply_batch(
         None => 0,
     };
     let total = commands.len();
+    // Stages the record that the first `applied` commands are applied (and, after the last
+    // one, the entry), for the next write.
+    let stage = |applied: usize| -> Result<(), StorageError> {
+        let progress = codec::encode(&(log_id.index, applied as u64)).map_err(|e| apply_err(&e))?;
+        if applied == total {
+            let mut meta = position_meta(log_id, None).map_err(|e| apply_err(&e))?;
+            meta.push((META_RAFT_BATCH.to_vec(), progress));
+            store.stage_apply_position(log_id.index, meta);
+        } else {
+            store.stage_apply_meta(vec![(META_RAFT_BATCH.to_vec(), progress)]);
+        }
+        Ok(())
+    };
     let mut results = Vec::with_capacity(total);
+    let mut group: Option<mvcc::WriteGroup<'_>> = None;
     for (i, command) in commands.into_iter().enumerate() {
         if i < done {
             results.push(
@@ -315,15 +330,30 @@ fn apply_batch(
             );
             continue;
         }
-        let progress = codec::encode(&(log_id.index, (i + 1) as u64)).map_err(|e| apply_err(&e))?;
-        if i + 1 == total {
-            let mut meta = position_meta(log_id, None).map_err(|e| apply_err(&e))?;
-            meta.push((META_RAFT_BATCH.to_vec(), progress));
-            store.stage_apply_position(log_id.index, meta);
-        } else {
-            store.stage_apply_meta(vec![(META_RAFT_BATCH.to_vec(), progress)]);
+        if command.may_join_group() {
+            if group.is_none() {
+                group = Some(store.begin_group());
+            }
+            let result = applier.apply(command, member_id);
+            if let Err(err) = &result {
+                if is_fatal(err) {
+                    // Dropping the group undoes it; the entry is applied again after a restart.
+                    return Err(apply_err(err));
+                }
+            }
+            results.push(Response::from(result).0);
+            continue;
         }
+        if let Some(open) = group.take() {
+            stage(i)?;
+            open.end().map_err(|e| apply_err(&e))?;
+        }
+        stage(i + 1)?;
         results.push(apply_command(store, applier, member_id, log_id, command)?.0);
+    }
+    if let Some(open) = group.take() {
+        stage(total)?;
+        open.end().map_err(|e| apply_err(&e))?;
     }
     if done >= total {
         // Nothing left to apply (or an empty batch): record the entry as applied.
