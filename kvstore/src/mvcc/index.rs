@@ -78,18 +78,22 @@ impl TreeIndex {
         }
     }
 
-    /// Records a put of `key` at `rev`.
+    /// Records a put of `key` at `rev`; returns what [`TreeIndex::get`] at `rev.main` answered
+    /// just before, `(mod_revision, create_revision, version)` of the key the put continues
+    /// (`None`: the put creates it). One descent of the tree for a key that has history.
     ///
     /// # Panics
     /// If `rev` is not after every revision recorded for `key` (see [`KeyIndex::put`]).
-    pub fn put(&mut self, key: &[u8], rev: Revision) {
+    pub fn put(&mut self, key: &[u8], rev: Revision) -> Option<(Revision, Revision, i64)> {
         if let Some(ki) = self.tree.get_mut(key) {
+            let before = ki.get(rev.main);
             ki.put(rev);
-            return;
+            return before;
         }
         let mut ki = KeyIndex::new();
         ki.put(rev);
         self.tree.insert(key.to_vec(), ki);
+        None
     }
 
     /// Records a delete of `key` at `rev`; [`KeyIndexError::NotFound`] if the key is not live.

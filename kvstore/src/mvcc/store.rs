@@ -642,7 +642,7 @@ impl WriteTxn<'_> {
         let rev = Revision::new(main, self.pending.changes.len() as i64);
         let mut index = self.store.index.write();
         #[allow(unused_mut)]
-        let (create, mut version) = match index.get(key, main) {
+        let (create, mut version) = match index.put(key, rev) {
             Some((_, created, version)) => (created.main, version + 1),
             None => (main, 1),
         };
@@ -659,7 +659,6 @@ impl WriteTxn<'_> {
                     + 1;
             }
         }
-        index.put(key, rev);
         drop(index);
         let kv = KeyValue {
             key: key.to_vec(),
