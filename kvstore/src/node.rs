@@ -28,7 +28,7 @@ use crate::raft::prevote::{ElectionTiming, Elector, PreVoteJudge};
 use crate::raft::proposer::{ProposerOptions, RaftProposer};
 use crate::raft::read_index::ReadIndexBatch;
 use crate::raft::state_machine::{AfterInstall, StateMachine};
-use crate::raft::types::{MemberNode, Raft};
+use crate::raft::types::{MemberNode, Raft, ServerMetrics};
 use crate::server::authority::AuthorityFix;
 use crate::server::peer::PeerService;
 use crate::server::{
@@ -66,6 +66,9 @@ pub struct Node {
     pub lessor: Arc<Lessor>,
     /// This member's Raft node.
     pub raft: Raft,
+    /// Raft's server metrics (vote, role, leader, membership), which change only with those:
+    /// read per request, unlike the full metrics, which Raft rewrites several times per write.
+    server_metrics: tokio::sync::watch::Receiver<ServerMetrics>,
     /// Read-index rounds, shared by local linearizable reads and followers' ReadIndex calls.
     pub read_batch: Arc<ReadIndexBatch>,
     /// Connections to the other members (forgotten when a member is removed).
@@ -184,6 +187,7 @@ impl Node {
             metrics,
             watch_hub,
             lessor,
+            server_metrics: raft.server_metrics(),
             raft,
             read_batch,
             peers,
@@ -241,8 +245,7 @@ impl Node {
 
     /// Whether this member is a non-voting learner (it serves only serializable reads).
     pub fn is_learner(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
+        let m = self.server_metrics.borrow();
         let is_voter = m
             .membership_config
             .membership()

@@ -44,7 +44,7 @@ use tonic::Code;
 use super::batcher::Batcher;
 use super::network::{Peers, FORWARD_PATH};
 use super::read_index::{leader_read_index, ReadIndexBatch, ReadIndexError};
-use super::types::{MemberNode, NodeId, Raft};
+use super::types::{MemberNode, NodeId, Raft, ServerMetrics};
 use crate::apply::{Applied, Command, Proposer};
 use crate::Error;
 use grpc_link::ConnectFailed;
@@ -86,6 +86,9 @@ pub struct RaftProposer {
     id: NodeId,
     /// Raft's metrics: the leader, the term, the applied index, the membership.
     metrics: watch::Receiver<RaftMetrics<NodeId, MemberNode>>,
+    /// Raft's server metrics, for the term and leader every response header reports: Raft
+    /// writes them only when they change, the full metrics several times per write.
+    server: watch::Receiver<ServerMetrics>,
     /// Read-index rounds shared by concurrent reads (and by the peer service's `ReadIndex`).
     reads: Arc<ReadIndexBatch>,
     /// Deadlines.
@@ -98,6 +101,7 @@ impl RaftProposer {
     /// The proposer of `raft`, forwarding over `peers` (the same ones its network uses).
     pub fn new(raft: Raft, peers: Arc<Peers>, options: ProposerOptions) -> Self {
         let metrics = raft.metrics();
+        let server = raft.server_metrics();
         let id = peers.id();
         let raft_for_batcher = raft.clone();
         Self {
@@ -105,6 +109,7 @@ impl RaftProposer {
             peers,
             id,
             metrics,
+            server,
             reads: Arc::default(),
             options,
             batcher: Batcher::spawn(raft_for_batcher),
@@ -371,11 +376,11 @@ impl Proposer for RaftProposer {
     }
 
     fn term(&self) -> u64 {
-        self.metrics.borrow().current_term
+        self.server.borrow().vote.leader_id().get_term()
     }
 
     fn leader(&self) -> Option<u64> {
-        self.metrics.borrow().current_leader
+        self.server.borrow().current_leader
     }
 
     fn applied_index(&self) -> u64 {

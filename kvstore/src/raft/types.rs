@@ -35,6 +35,8 @@ openraft::declare_raft_types!(
 pub type NodeId = u64;
 /// A running Raft node of this member.
 pub type Raft = openraft::Raft<TypeConfig>;
+/// Raft's server metrics: vote, role, leader, membership (they change only with those).
+pub type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, MemberNode>;
 /// The (term, leader, index) identity of a log entry.
 pub type LogId = openraft::LogId<NodeId>;
 /// A vote: a term and the candidate voted for (committed once a quorum granted it).
