@@ -31,6 +31,7 @@ use crate::raft::state_machine::{AfterInstall, StateMachine};
 use crate::raft::types::{MemberNode, Raft, ServerMetrics};
 use crate::server::authority::AuthorityFix;
 use crate::server::peer::PeerService;
+use crate::server::routes::{ClientRoutes, Services};
 use crate::server::{
     auth::AuthService,
     cluster::ClusterService,
@@ -318,28 +319,22 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
             .await
             .map_err(|e| Error::Config(format!("cannot listen on {url}: {e}")))?;
         tracing::info!(%url, "serving client requests");
-        let routes = tonic::service::Routes::from(metrics::http_router(Arc::clone(&node)))
-            .add_service(
-                KvServer::new(KvService::new(Arc::clone(&node))).max_decoding_message_size(max_msg),
-            )
-            .add_service(WatchServer::new(
-                WatchService::new(Arc::clone(&node)),
-                max_msg,
-            ))
-            .add_service(LeaseServer::new(LeaseService::new(Arc::clone(&node))))
-            .add_service(ClusterServer::new(ClusterService::new(Arc::clone(&node))))
-            .add_service(MaintenanceServer::new(MaintenanceService::new(Arc::clone(
-                &node,
-            ))))
-            .add_service(AuthServer::new(AuthService));
+        let routes = ClientRoutes::new(Services {
+            kv: KvServer::new(KvService::new(Arc::clone(&node))).max_decoding_message_size(max_msg),
+            watch: WatchServer::new(WatchService::new(Arc::clone(&node)), max_msg),
+            lease: LeaseServer::new(LeaseService::new(Arc::clone(&node))),
+            cluster: ClusterServer::new(ClusterService::new(Arc::clone(&node))),
+            maintenance: MaintenanceServer::new(MaintenanceService::new(Arc::clone(&node))),
+            auth: AuthServer::new(AuthService),
+            http: metrics::http_router(Arc::clone(&node)),
+        });
         let shutdown = node.shutdown.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
             .map(|conn| no_delay(conn).map(AuthorityFix::new));
         tasks.spawn(async move {
             tonic::transport::Server::builder()
                 .accept_http1(true)
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .serve_with_incoming_shutdown(routes, incoming, shutdown.cancelled_owned())
                 .await
                 .map_err(|e| Error::Internal(format!("client listener: {e}")))
         });

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use kvstore_proto::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
+use kvstore_proto::etcdserverpb::{
+    kv_client::KvClient, PutRequest, RangeRequest, StatusRequest, StatusResponse,
+};
 use tonic::transport::Channel;
 
 #[path = "support/cluster.rs"]
@@ -260,6 +262,39 @@ async fn metrics_and_health_agree_on_one_leader() {
         assert!(health.contains("{\"health\":\"true\"}"), "{health}");
     }
     assert_eq!(leaders, vec![leader], "exactly the leader says it leads");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_port_routes_grpc_by_service_and_the_rest_to_http() {
+    let cluster = Cluster::start(1);
+    cluster.leader().await;
+    let port = cluster.client_port(0);
+    let link = grpc_link::Link::new(
+        &format!("http://127.0.0.1:{port}"),
+        Duration::from_secs(2),
+        1 << 20,
+    )
+    .expect("link");
+    // A known service answers; an unknown service or method is etcd's UNIMPLEMENTED.
+    let status: Result<StatusResponse, _> = link
+        .unary(
+            "/etcdserverpb.Maintenance/Status",
+            &StatusRequest {},
+            &[],
+            None,
+        )
+        .await;
+    assert!(status.expect("status").header.is_some());
+    for path in ["/etcdserverpb.Nope/Status", "/etcdserverpb.KV/Nope"] {
+        let err = link
+            .unary::<_, StatusResponse>(path, &StatusRequest {}, &[], None)
+            .await
+            .expect_err(path);
+        assert_eq!(err.code(), tonic::Code::Unimplemented, "{path}: {err:?}");
+    }
+    // Plain HTTP on the same port: metrics, and a 404 for anything else.
+    assert!(http_get(port, "/metrics").contains("etcd_server_has_leader 1"));
+    assert!(http_get(port, "/nope").starts_with("HTTP/1.1 404"));
 }
 
 /// The revision a member serves its own reads at (a serializable read: no leader involved).

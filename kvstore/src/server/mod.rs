@@ -7,6 +7,7 @@
 //! - [`maintenance`]: status, hashes, alarms, defragmentation.
 //! - [`auth`]: reports authentication disabled.
 //! - [`authority`]: repairs the HTTP/2 `:authority` old etcd clients send, before h2 sees it.
+//! - [`routes`]: the client listener's router, from a call's path to its service.
 //! - [`peer`]: the peer service (`raftpb.Raft`) other members' Raft and forwarded writes use.
 //! - [`status`]: the one mapping from errors to etcd's gRPC statuses.
 
@@ -17,5 +18,6 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod peer;
+pub mod routes;
 pub mod status;
 pub mod watch;
