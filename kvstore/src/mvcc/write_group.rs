@@ -134,11 +134,11 @@ impl WriteTxn<'_> {
         };
         let written = !self.batch.is_empty() || !self.lease_changes.is_empty();
         if written {
-            let data = self.batch.data();
-            state
-                .records
-                .extend_from_slice(&data[BATCH_HEADER.min(data.len())..]);
-            state.count += u32::try_from(self.batch.len()).unwrap_or(u32::MAX);
+            if let Some((header, records)) = self.batch.data().split_at_checked(BATCH_HEADER) {
+                let count = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+                state.records.extend_from_slice(records);
+                state.count += count;
+            }
             state.rev = rev;
             state.txns.push(Grouped {
                 rev,
