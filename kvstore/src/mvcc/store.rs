@@ -549,7 +549,7 @@ pub(super) struct Pending {
 
 impl Pending {
     /// The value written at `rev`, if this is its transaction and it was not a delete.
-    pub(super) fn get(&self, rev: Revision) -> Option<&KeyValue> {
+    fn get(&self, rev: Revision) -> Option<&KeyValue> {
         if rev.main != self.main {
             return None;
         }
@@ -624,7 +624,7 @@ impl WriteTxn<'_> {
     pub fn range(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult> {
         let unwritten = |rev: Revision| match self.pending.get(rev) {
             Some(kv) => Some(kv.clone()),
-            None if self._guard.is_none() => self.store.grouped_value(rev),
+            None if self.in_group() => self.store.grouped_value(rev),
             None => None,
         };
         self.store.range_at(range, opts, self.rev(), &unwritten)
