@@ -350,6 +350,29 @@ impl KvStore {
         Ok(())
     }
 
+    /// Makes a transaction whose batch is on disk visible: its lease changes, the revision,
+    /// then (if it changed keys) its watch events, told to the observer. Called with the writer
+    /// lock held, in revision order.
+    pub(super) fn publish(
+        &self,
+        rev: i64,
+        lease_changes: Vec<LeaseChange>,
+        changes: Vec<(KeyValue, bool)>,
+    ) -> Committed {
+        self.leases.write().apply(lease_changes);
+        self.current_rev.store(rev, Ordering::Release);
+        let committed = Committed {
+            rev,
+            events: events_of(changes),
+        };
+        if !committed.events.is_empty() {
+            if let Some(observer) = self.observer.read().as_ref() {
+                observer(&committed);
+            }
+        }
+        committed
+    }
+
     /// Reads the keys in `range` as of `opts.rev` (etcd's `rangeKeys`).
     pub fn read_range(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult> {
         let current = self.current_revision();
@@ -486,7 +509,7 @@ impl KvStore {
 }
 
 /// The watch events of a transaction's changes (puts and tombstones, in order).
-pub(super) fn events_of(changes: Vec<(KeyValue, bool)>) -> Vec<Event> {
+fn events_of(changes: Vec<(KeyValue, bool)>) -> Vec<Event> {
     changes
         .into_iter()
         .map(|(kv, tombstone)| Event {
@@ -832,25 +855,16 @@ impl WriteTxn<'_> {
         }
         self.done = true;
         staged.publish(self.store);
-        let lease_changes = std::mem::take(&mut self.lease_changes);
-        self.store.leases.write().apply(lease_changes);
         if let Some(ci) = self.consistent_index {
             self.store
                 .consistent_index
                 .store(ci as i64, Ordering::Release);
         }
-        self.store.current_rev.store(new_rev, Ordering::Release);
-        let events = events_of(std::mem::take(&mut self.pending.changes));
-        let committed = Committed {
-            rev: new_rev,
-            events,
-        };
-        if changed {
-            if let Some(observer) = self.store.observer.read().as_ref() {
-                observer(&committed);
-            }
-        }
-        Ok(committed)
+        Ok(self.store.publish(
+            new_rev,
+            std::mem::take(&mut self.lease_changes),
+            std::mem::take(&mut self.pending.changes),
+        ))
     }
 
     /// Undoes this transaction's index changes (nothing else was applied before commit).

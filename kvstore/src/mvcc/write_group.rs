@@ -31,7 +31,7 @@ use super::backend::{encode_i64, CF_META, META_CURRENT_REV};
 use super::error::{Error, Result};
 use super::leases::LeaseChange;
 use super::revision::Revision;
-use super::store::{events_of, Committed, KvStore, WriteTxn};
+use super::store::{Committed, KvStore, WriteTxn};
 
 /// Bytes in front of a RocksDB `WriteBatch`'s records: an 8-byte sequence number and a 4-byte
 /// little-endian record count. This is the write-ahead log's record format, which RocksDB keeps
@@ -184,20 +184,7 @@ impl WriteGroup<'_> {
             }
         }
         for txn in state.txns {
-            store.leases.write().apply(txn.lease_changes);
-            if txn.changes.is_empty() {
-                continue;
-            }
-            store
-                .current_rev
-                .store(txn.rev, std::sync::atomic::Ordering::Release);
-            let committed = Committed {
-                rev: txn.rev,
-                events: events_of(txn.changes),
-            };
-            if let Some(observer) = store.observer.read().as_ref() {
-                observer(&committed);
-            }
+            store.publish(txn.rev, txn.lease_changes, txn.changes);
         }
         staged.publish(store);
         Ok(())
