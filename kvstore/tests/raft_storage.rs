@@ -200,6 +200,83 @@ async fn log_entries_vote_and_committed_survive_reopen() {
     );
 }
 
+/// A copy of a running member's files, as a crash would leave them: what only RocksDB's
+/// memtables held is not in it.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for item in std::fs::read_dir(from).expect("read dir") {
+        let item = item.expect("dir entry");
+        let target = to.join(item.file_name());
+        if item.file_type().expect("file type").is_dir() {
+            copy_dir(&item.path(), &target);
+        } else if item.file_name() != "LOCK" {
+            std::fs::copy(item.path(), &target).expect("copy");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_journal_brings_back_after_a_crash_what_the_store_had_not_flushed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_store(dir.path());
+    let mut log = LogStore::open(Arc::clone(&store)).expect("log");
+    log.blocking_append((1..=10).map(|i| entry(1, i, EntryPayload::Blank)))
+        .await
+        .expect("append");
+    log.purge(log_id(1, 3)).await.expect("purge");
+    log.truncate(log_id(1, 8)).await.expect("truncate");
+    log.blocking_append([entry(2, 8, put("a", "1")), entry(2, 9, EntryPayload::Blank)])
+        .await
+        .expect("append");
+    let crashed = tempfile::tempdir().expect("temp dir");
+    copy_dir(dir.path(), crashed.path());
+    let no_journal = tempfile::tempdir().expect("temp dir");
+    copy_dir(dir.path(), no_journal.path());
+    std::fs::remove_dir_all(no_journal.path().join("db").join("raft-journal")).expect("rm");
+    drop(log);
+    close(store);
+
+    // Without the journal, the crash loses the entries written after the purge's flush: so
+    // what the next copy has, it has from the journal.
+    assert_eq!(
+        indexes_after_reopen(no_journal.path()).await,
+        vec![4, 5, 6, 7, 8, 9, 10],
+        "the purge's flush holds the first leader's entries; the rest was only in memtables"
+    );
+
+    let store = open_store(crashed.path());
+    let mut log = LogStore::open(Arc::clone(&store)).expect("log");
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 9)));
+    let entries = log.try_get_log_entries(..).await.expect("read");
+    assert_eq!(indexes(&entries), vec![4, 5, 6, 7, 8, 9]);
+    assert_eq!(entries[4].log_id, log_id(2, 8));
+    assert!(
+        matches!(&entries[4].payload, EntryPayload::Normal(r) if matches!(r.command(), Command::Put(p) if p.key == b"a"))
+    );
+    // Restored, flushed and the old segments gone: a second crash needs no journal at all.
+    drop(log);
+    close(store);
+    let again = tempfile::tempdir().expect("temp dir");
+    copy_dir(crashed.path(), again.path());
+    std::fs::remove_dir_all(again.path().join("db").join("raft-journal")).expect("rm");
+    assert_eq!(
+        indexes_after_reopen(again.path()).await,
+        vec![4, 5, 6, 7, 8, 9]
+    );
+}
+
+/// The indexes of the log in the member directory `dir`, opened and closed again.
+async fn indexes_after_reopen(dir: &Path) -> Vec<u64> {
+    let store = open_store(dir);
+    let mut log = LogStore::open(Arc::clone(&store)).expect("log");
+    let found = indexes(&log.try_get_log_entries(..).await.expect("read"));
+    drop(log);
+    close(store);
+    found
+}
+
 #[tokio::test]
 async fn truncate_and_purge_leave_a_contiguous_log() {
     let dir = tempfile::tempdir().expect("temp dir");

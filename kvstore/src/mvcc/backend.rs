@@ -69,8 +69,8 @@ impl Backend {
         // A WAL file is deleted only once every column family with data in it has flushed its
         // memtable. `meta` (the applied index) takes a few bytes per apply and would not fill
         // its memtable for ages, so without a bound the WAL grew to RocksDB's default of 4 ×
-        // the memtable budget (~2.5 GiB): it held a second copy of every Raft entry and every
-        // applied write (1153 bytes on disk per 288-byte key-value at 1M keys against etcd's
+        // the memtable budget (~2.5 GiB): it held, then, a second copy of every Raft entry and
+        // every applied write (1153 bytes on disk per 288-byte key-value at 1M keys against etcd's
         // 669) and was replayed in full at every start. Past this size RocksDB flushes the
         // column families pinning the oldest WAL file and deletes it.
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);

@@ -9,13 +9,15 @@
 //!
 //! # Durability
 //! - **Append** is the one fsync on the write path. All entries of one call go into one
-//!   `WriteBatch`, written unsynced (so they are readable at once, as openraft requires), then
-//!   synced before the call's [`LogFlushed`] callback completes, in one of two places:
-//!   - *The leader's own entries* go to a dedicated sync thread, which calls `FlushWAL(sync)`
-//!     and then completes the callbacks of every append queued while it was syncing (group
-//!     commit across calls as well as within one). `append` returns before the fsync, so the
-//!     leader sends the entries to its followers while its own fsync runs (the openraft patch
-//!     in `third_party/openraft`).
+//!   `WriteBatch` of the `raft_log` column family, written without RocksDB's WAL (so they are
+//!   readable at once, as openraft requires), and into one record of the [`Journal`], which is
+//!   what makes them durable: the call's [`LogFlushed`] callback completes after the journal's
+//!   `fdatasync`, in one of two places:
+//!   - *The leader's own entries* go to a dedicated sync thread, which syncs the journal and
+//!     then completes the callbacks of every append queued while it was syncing (group commit
+//!     across calls as well as within one). `append` returns before the fsync, so the leader
+//!     sends the entries to its followers while its own fsync runs (the openraft patch in
+//!     `third_party/openraft`).
 //!   - *Entries from another leader* (this member follows) are synced on the calling task
 //!     before `append` returns, as etcd's follower saves its WAL before it answers. Raft's core
 //!     only waits for that flush anyway, and handing it to the sync thread cost a wake-up
@@ -23,24 +25,30 @@
 //!     `docs/benchmarks.md`). The task's worker is blocked for one `fdatasync`; the runtime's
 //!     other worker takes the queued tasks meanwhile.
 //!
-//!   RocksDB's WAL is a single ordered stream, so a sync makes everything written before it
-//!   durable, including the state machine's unsynced applies.
+//!   At open, the journal's records are written back into `raft_log` (a crash loses what was
+//!   only in RocksDB's memtables), the store is flushed, and the old segments are deleted.
+//!   While running, when the journal starts a new segment, a flush of all column families
+//!   makes the older segments redundant and they are deleted; purging the log and closing
+//!   the store do the same.
 //! - **Vote** is written with `sync` before `save_vote` returns: a member must never forget a
 //!   vote it granted, or it could vote twice in one term.
 //! - **Committed** is written unsynced: losing it only means waiting for the leader to repeat it.
-//! - **Truncate** (removing a follower's conflicting suffix) is unsynced: nothing is
+//! - **Truncate** (removing a follower's conflicting suffix) is journaled unsynced: nothing is
 //!   acknowledged on top of it before the next append's fsync, which makes it durable too.
-//! - **Purge** is synced. It runs after a snapshot covers the purged entries; syncing it also
-//!   makes durable the (unsynced) applies the snapshot reflects, so a crash can never leave the
-//!   state machine behind the first entry still in the log.
+//! - **Purge** is synced. It runs after a snapshot covers the purged entries; a flush first
+//!   makes the (unsynced) applies the snapshot reflects durable, so a crash can never leave the
+//!   state machine behind the first entry still in the log. Replaying the journal skips the
+//!   entries a purge removed.
 
 // `StorageError` is openraft's error, required by its traits; boxing it in the helpers only to
 // unbox it at the trait boundary would buy nothing.
 #![allow(clippy::result_large_err)]
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -52,6 +60,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use super::codec::{self, log_index, log_key, LOG_KEY_END};
 use super::entry_cache::EntryCache;
+use super::journal::{Journal, Record, SEGMENT_BYTES};
 use super::types::{
     Entry, LogFlushed, LogId, LogState, NodeId, StorageError, StorageIOError, TypeConfig, Vote,
 };
@@ -64,6 +73,8 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 /// `raft_state` key of the last purged log id.
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
+/// The journal's directory, inside the member's RocksDB directory.
+const JOURNAL_DIR: &str = "raft-journal";
 
 /// The Raft log store of one member: [`RaftLogStorage`] over the `raft_log` and `raft_state`
 /// column families of the member's database.
@@ -73,6 +84,8 @@ pub struct LogStore {
     /// The sync thread and the queue of appends waiting for its next fsync. `None` only while
     /// being dropped.
     syncer: Option<Syncer>,
+    /// What makes appends durable.
+    journal: Journal,
     /// This member's Raft ID, if known: entries made by another leader are synced inline (see
     /// the module docs). `None` sends every append to the sync thread.
     member: Option<NodeId>,
@@ -82,8 +95,8 @@ pub struct LogStore {
 
 /// The thread that makes appends durable and completes their callbacks, in order.
 struct Syncer {
-    /// Appends written but not yet synced.
-    queue: mpsc::Sender<LogFlushed>,
+    /// Appends written but not yet synced, with the journal segment each was written to.
+    queue: mpsc::Sender<(Arc<File>, LogFlushed)>,
     /// Joined on drop, so the database is closed when the store is.
     thread: JoinHandle<()>,
 }
@@ -106,18 +119,23 @@ impl LogStore {
     /// Like [`LogStore::open`]; with `fsync` false appends are only flushed to the operating
     /// system (`--unsafe-no-fsync`: survives a process crash, not a power loss; tests only).
     pub fn open_with_fsync(store: Arc<KvStore>, fsync: bool) -> Result<Self, StorageError> {
+        let reader = LogReader {
+            store,
+            cache: Arc::default(),
+        };
+        let dir = reader.store.backend().db().path().join(JOURNAL_DIR);
+        reader.replay_journal(&dir)?;
+        let journal = Journal::open(&dir, SEGMENT_BYTES).map_err(|e| write_logs_err(&e))?;
+        Journal::remove_before(&dir, journal.active_seq()).map_err(|e| write_logs_err(&e))?;
         let (queue, pending) = mpsc::channel();
-        let sync_store = Arc::clone(&store);
         let thread = std::thread::Builder::new()
             .name("raft-log-sync".into())
-            .spawn(move || sync_loop(&sync_store, &pending, fsync))
+            .spawn(move || sync_loop(&pending, fsync))
             .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         Ok(Self {
-            reader: LogReader {
-                store,
-                cache: Arc::default(),
-            },
+            reader,
             syncer: Some(Syncer { queue, thread }),
+            journal,
             member: None,
             fsync,
         })
@@ -148,11 +166,30 @@ impl LogStore {
         self.reader.clone()
     }
 
-    /// Writes a batch on the calling task; with `sync`, returns once it is on disk.
+    /// Writes a batch of `raft_log` changes without RocksDB's WAL: the journal holds them.
+    fn write_unlogged(&self, batch: WriteBatch) -> Result<(), rocksdb::Error> {
+        write_unlogged(self.store(), batch)
+    }
+
+    /// Writes a batch on the calling task through RocksDB's WAL; with `sync`, returns once it
+    /// is on disk.
     fn write_here(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         self.store().backend().db().write_opt(batch, &opts)
+    }
+
+    /// After the journal started a new segment: flushes the store and deletes the segments
+    /// before it, in the background.
+    fn checkpoint_in_background(&self) {
+        let store = Arc::clone(&self.reader.store);
+        let dir = self.journal.dir().to_path_buf();
+        let before = self.journal.active_seq();
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) = checkpoint(&store, &dir, before) {
+                tracing::warn!(cause = %err, "could not delete old raft journal segments");
+            }
+        });
     }
 
     /// Writes a batch; with `sync`, on a blocking thread, returning once it is on disk.
@@ -170,6 +207,8 @@ impl LogStore {
 }
 
 impl Drop for LogStore {
+    /// Stops the sync thread; then, with the log flushed into RocksDB's tables, the journal
+    /// is no longer needed, and goes (a stopped member keeps no preallocated segment).
     fn drop(&mut self) {
         if let Some(Syncer { queue, thread }) = self.syncer.take() {
             drop(queue);
@@ -177,24 +216,54 @@ impl Drop for LogStore {
                 tracing::error!("raft log sync thread panicked");
             }
         }
+        if let Err(err) = checkpoint(self.store(), self.journal.dir(), u64::MAX) {
+            tracing::warn!(cause = %err, "could not delete the raft journal at close");
+        }
     }
 }
 
-/// Syncs the WAL for every batch of queued appends, then completes their callbacks in order.
-fn sync_loop(store: &KvStore, pending: &mpsc::Receiver<LogFlushed>, fsync: bool) {
+/// Flushes every column family, making the `raft_log` entries of the journal's segments
+/// before `before` durable in RocksDB's tables, and deletes those segments.
+fn checkpoint(store: &KvStore, dir: &Path, before: u64) -> io::Result<()> {
+    store.backend().persist().map_err(io::Error::other)?;
+    Journal::remove_before(dir, before)
+}
+
+/// Writes a batch without RocksDB's WAL.
+fn write_unlogged(store: &KvStore, batch: WriteBatch) -> Result<(), rocksdb::Error> {
+    let mut opts = WriteOptions::default();
+    opts.disable_wal(true);
+    store.backend().db().write_opt(batch, &opts)
+}
+
+/// Syncs the journal for every batch of queued appends, then completes their callbacks in
+/// order. A batch spans two segments only when the journal started a new one in it; each
+/// segment is synced once, oldest first.
+fn sync_loop(pending: &mpsc::Receiver<(Arc<File>, LogFlushed)>, fsync: bool) {
     while let Ok(first) = pending.recv() {
         let mut group = vec![first];
         group.extend(pending.try_iter());
-        let result = store.backend().db().flush_wal(fsync);
-        if let Err(err) = &result {
-            tracing::error!(cause = %err, "raft log fsync failed");
+        let mut result = Ok(());
+        if fsync {
+            let mut last: Option<&Arc<File>> = None;
+            for (file, _) in &group {
+                if last.is_some_and(|l| Arc::ptr_eq(l, file)) {
+                    continue;
+                }
+                last = Some(file);
+                if let Err(err) = file.sync_data() {
+                    tracing::error!(cause = %err, "raft log fsync failed");
+                    result = Err(err);
+                    break;
+                }
+            }
         }
-        for callback in group {
+        for (_, callback) in group {
             callback.log_io_completed(
                 result
                     .as_ref()
                     .map(|_| ())
-                    .map_err(|e| io::Error::other(e.to_string())),
+                    .map_err(|e| io::Error::new(e.kind(), e.to_string())),
             );
         }
     }
@@ -222,6 +291,51 @@ fn write_logs_err(e: &(dyn std::error::Error + 'static)) -> StorageError {
 }
 
 impl LogReader {
+    /// Writes the journal's records in `dir` back into `raft_log` (see the module docs), then
+    /// flushes the store so the segments can go. Entries a purge removed stay removed.
+    fn replay_journal(&self, dir: &Path) -> Result<(), StorageError> {
+        let records = Journal::read_all(dir).map_err(|e| read_logs_err(&e))?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let last_purged: Option<LogId> = self.read_state(KEY_LAST_PURGED, ErrorSubject::Logs)?;
+        let purged = last_purged.map(|id| id.index);
+        let backend = self.store.backend();
+        let cf = backend.cf(CF_RAFT_LOG);
+        let mut batch = WriteBatch::default();
+        let mut count = 0usize;
+        for record in &records {
+            match record {
+                Record::Entries(entries) => {
+                    for (i, bytes) in entries.iter().enumerate() {
+                        let entry: Entry = codec::decode(bytes).map_err(|e| read_logs_err(&e))?;
+                        let index = entry.log_id.index;
+                        if i == 0 {
+                            // An append follows the log's last entry: anything after that
+                            // point in the store is from a later record, which comes again.
+                            batch.delete_range_cf(&cf, &log_key(index)[..], &LOG_KEY_END[..]);
+                        }
+                        if purged.is_none_or(|p| index > p) {
+                            batch.put_cf(&cf, log_key(index), bytes);
+                            count += 1;
+                        }
+                    }
+                }
+                Record::Truncate(index) => {
+                    batch.delete_range_cf(&cf, &log_key(*index)[..], &LOG_KEY_END[..]);
+                }
+            }
+        }
+        write_unlogged(&self.store, batch).map_err(|e| write_logs_err(&e))?;
+        backend.persist().map_err(|e| write_logs_err(&e))?;
+        tracing::info!(
+            records = records.len(),
+            entries = count,
+            "raft log entries restored from the journal"
+        );
+        Ok(())
+    }
+
     /// Reads a `raft_state` value.
     pub(crate) fn read_state<T: serde::de::DeserializeOwned>(
         &self,
@@ -403,26 +517,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let mut batch = WriteBatch::default();
+        let mut encoded = Vec::with_capacity(entries.len());
         {
             let cf = self.store().backend().cf(CF_RAFT_LOG);
             for entry in &entries {
                 let bytes = codec::encode_sized(entry, codec::encoded_size_hint(entry))
                     .map_err(|e| write_logs_err(&e))?;
-                batch.put_cf(&cf, log_key(entry.log_id.index), bytes);
+                batch.put_cf(&cf, log_key(entry.log_id.index), &bytes);
+                encoded.push(bytes);
             }
         }
-        let follower = is_followers_append(self.member, &entries);
-        self.write_here(batch, follower && self.fsync)
+        // The store first: a journal segment is deleted once the store holds all it has.
+        self.write_unlogged(batch).map_err(|e| write_logs_err(&e))?;
+        let (file, rolled) = self
+            .journal
+            .append_entries(encoded.iter().map(Vec::as_slice))
             .map_err(|e| write_logs_err(&e))?;
+        if rolled {
+            self.checkpoint_in_background();
+        }
         self.reader.cache.lock().append(&entries);
-        if follower {
-            callback.log_io_completed(Ok(()));
-            return Ok(());
+        if is_followers_append(self.member, &entries) {
+            let synced = if self.fsync { file.sync_data() } else { Ok(()) };
+            let failed = synced.as_ref().err().map(|e| write_logs_err(e));
+            callback.log_io_completed(synced);
+            return failed.map_or(Ok(()), Err);
         }
         let Some(syncer) = &self.syncer else {
             unreachable!("invariant: the sync thread lives as long as the log store");
         };
-        if let Err(mpsc::SendError(callback)) = syncer.queue.send(callback) {
+        if let Err(mpsc::SendError((_, callback))) = syncer.queue.send((file, callback)) {
             callback.log_io_completed(Err(io::Error::other("raft log sync thread stopped")));
         }
         Ok(())
@@ -436,9 +560,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             &log_key(log_id.index)[..],
             &LOG_KEY_END[..],
         );
-        self.write(batch, false)
-            .await
+        self.write_unlogged(batch).map_err(|e| write_logs_err(&e))?;
+        let (_, rolled) = self
+            .journal
+            .append_truncate(log_id.index)
             .map_err(|e| write_logs_err(&e))?;
+        if rolled {
+            self.checkpoint_in_background();
+        }
         // Only uncommitted entries are truncated, and nobody reads those meanwhile: replication
         // reads on a leader, which never truncates, and applying reads committed entries.
         self.reader.cache.lock().truncate(log_id.index);
@@ -469,6 +598,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(|e| write_logs_err(&e))?;
         self.reader.cache.lock().purge(log_id.index);
+        // The flush above holds every segment before the one being written.
+        Journal::remove_before(self.journal.dir(), self.journal.active_seq())
+            .map_err(|e| write_logs_err(&e))?;
         Ok(())
     }
 }

@@ -9,6 +9,8 @@
 //! - [`command_wire`]: a command's protobuf encoding, written from a borrowed command.
 //! - [`log_store`]: [`LogStore`], the log and vote in the `raft_log` and `raft_state` column
 //!   families, with group-committed appends.
+//! - [`journal`]: what makes an append durable: preallocated segment files of the log's own,
+//!   read back at open to restore what a crash took from RocksDB's memtables.
 //! - [`entry_cache`]: the newest log entries in memory, so replication and applying do not
 //!   read back from disk (and decode) what was just appended.
 //! - [`state_machine`]: [`StateMachine`], committed entries applied through the
@@ -27,8 +29,8 @@
 //!   member that was cut off does not depose a healthy leader when it returns.
 //!
 //! # Durability, in one place
-//! - The log append is the one fsync on the write path, shared by every entry of an append
-//!   and by appends queued behind it (group commit).
+//! - The log append is the one fsync on the write path (of the journal, not RocksDB's WAL),
+//!   shared by every entry of an append and by appends queued behind it (group commit).
 //! - The vote is fsynced before it is acknowledged; purging the log is fsynced.
 //! - Applying is not synced: the data of an entry and its log id land in one `WriteBatch`, so
 //!   after a crash the store is at some applied entry, and openraft re-applies from the next.
@@ -38,6 +40,7 @@ pub mod batcher;
 pub mod codec;
 pub mod command_wire;
 pub mod entry_cache;
+pub mod journal;
 pub mod log_store;
 pub mod membership;
 pub mod network;
