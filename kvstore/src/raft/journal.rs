@@ -34,7 +34,7 @@
 //! [`Entry`]: super::types::Entry
 
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -142,15 +142,50 @@ impl Journal {
         Ok((Arc::clone(&self.active), rolled))
     }
 
-    /// Reads every record of the segments in `dir`, oldest first (none if there is no such
+    /// The sequence numbers of the segments in `dir`, oldest first (none if there is no such
     /// directory).
-    pub fn read_all(dir: &Path) -> io::Result<Vec<Record>> {
-        let mut records = Vec::new();
+    pub fn segments(dir: &Path) -> io::Result<Vec<u64>> {
         if !dir.exists() {
-            return Ok(records);
+            return Ok(Vec::new());
         }
-        for seq in segments(dir)? {
-            read_segment(&segment_path(dir, seq), &mut records)?;
+        segments(dir)
+    }
+
+    /// The records of segment `seq` in `dir`, up to its end (see the module docs). Reads the
+    /// segment record by record: a preallocated tail is not read, and a length field torn into
+    /// garbage ends the segment rather than sizing an allocation.
+    pub fn read_segment(dir: &Path, seq: u64) -> io::Result<Vec<Record>> {
+        let path = segment_path(dir, seq);
+        let file = File::open(&path)?;
+        let size = file.metadata()?.len();
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut records = Vec::new();
+        let mut at = 0u64;
+        let mut header = [0u8; HEADER_BYTES];
+        while at + HEADER_BYTES as u64 <= size {
+            reader.read_exact(&mut header)?;
+            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+            let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+            let start = at + HEADER_BYTES as u64;
+            if len == 0 || start + u64::from(len) > size {
+                break;
+            }
+            let mut body = vec![0; len as usize];
+            reader.read_exact(&mut body)?;
+            if crc32c::crc32c(&body) != crc {
+                break;
+            }
+            let record = decode(&body).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "journal {}: record at byte {at} has a valid checksum but no valid body",
+                        path.display()
+                    ),
+                )
+            })?;
+            records.push(record);
+            at = start + u64::from(len);
         }
         Ok(records)
     }
@@ -218,38 +253,6 @@ fn create_segment(dir: &Path, seq: u64, bytes: u64) -> io::Result<File> {
     Ok(file)
 }
 
-/// Appends the records of one segment to `out`, up to its end (see the module docs).
-fn read_segment(path: &Path, out: &mut Vec<Record>) -> io::Result<()> {
-    let mut data = Vec::new();
-    File::open(path)?.read_to_end(&mut data)?;
-    let mut at = 0;
-    while let Some(header) = data.get(at..at + HEADER_BYTES) {
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        let start = at + HEADER_BYTES;
-        let Some(body) = data.get(start..start + len).filter(|_| len > 0) else {
-            break;
-        };
-        if crc32c::crc32c(body) != crc {
-            break;
-        }
-        match decode(body) {
-            Some(record) => out.push(record),
-            None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "journal {}: record at byte {at} has a valid checksum but no valid body",
-                        path.display()
-                    ),
-                ))
-            }
-        }
-        at = start + len;
-    }
-    Ok(())
-}
-
 /// The record in `body` (kind and what follows), if well formed.
 fn decode(body: &[u8]) -> Option<Record> {
     let (kind, mut rest) = body.split_first()?;
@@ -272,6 +275,15 @@ fn decode(body: &[u8]) -> Option<Record> {
 mod tests {
     use super::*;
 
+    /// Every record of every segment in `dir`, oldest first.
+    fn read_all(dir: &Path) -> Vec<Record> {
+        let mut records = Vec::new();
+        for seq in Journal::segments(dir).expect("segments") {
+            records.extend(Journal::read_segment(dir, seq).expect("read"));
+        }
+        records
+    }
+
     fn entries(journal: &mut Journal, items: &[&[u8]]) -> bool {
         journal
             .append_entries(items.iter().copied())
@@ -289,7 +301,7 @@ mod tests {
         assert!(entries(&mut journal, &[&[3; 40]]));
         assert_eq!(journal.active_seq(), 1);
         assert_eq!(
-            Journal::read_all(dir.path()).expect("read"),
+            read_all(dir.path()),
             vec![
                 Record::Entries(vec![b"one".to_vec(), b"two".to_vec()]),
                 Record::Truncate(7),
@@ -298,7 +310,7 @@ mod tests {
         );
         Journal::remove_before(dir.path(), 1).expect("remove");
         assert_eq!(
-            Journal::read_all(dir.path()).expect("read"),
+            read_all(dir.path()),
             vec![Record::Entries(vec![vec![3; 40]])]
         );
     }
@@ -319,18 +331,36 @@ mod tests {
         data[second + HEADER_BYTES + 6] ^= 0xff;
         fs::write(&path, &data).expect("write");
         assert_eq!(
-            Journal::read_all(dir.path()).expect("read"),
+            read_all(dir.path()),
             vec![Record::Entries(vec![b"kept".to_vec()])]
         );
         let mut reopened = Journal::open(dir.path(), 1 << 20).expect("reopen");
         assert_eq!(reopened.active_seq(), 1);
         entries(&mut reopened, &[b"new"]);
         assert_eq!(
-            Journal::read_all(dir.path()).expect("read"),
+            read_all(dir.path()),
             vec![
                 Record::Entries(vec![b"kept".to_vec()]),
                 Record::Entries(vec![b"new".to_vec()]),
             ]
+        );
+    }
+
+    #[test]
+    fn a_length_torn_into_garbage_ends_the_segment() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut journal = Journal::open(dir.path(), 1 << 20).expect("open");
+        entries(&mut journal, &[b"kept"]);
+        drop(journal);
+        // A header claiming 4 GiB right after the record: read as the end, not allocated.
+        let path = segment_path(dir.path(), 0);
+        let mut data = fs::read(&path).expect("read");
+        let next = HEADER_BYTES + 1 + 4 + 4;
+        data[next..next + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        fs::write(&path, &data).expect("write");
+        assert_eq!(
+            read_all(dir.path()),
+            vec![Record::Entries(vec![b"kept".to_vec()])]
         );
     }
 
@@ -341,6 +371,6 @@ mod tests {
         entries(&mut journal, &[b"small"]);
         assert!(entries(&mut journal, &[&[9; 100]]));
         assert!(entries(&mut journal, &[b"next"]));
-        assert_eq!(Journal::read_all(dir.path()).expect("read").len(), 3);
+        assert_eq!(read_all(dir.path()).len(), 3);
     }
 }

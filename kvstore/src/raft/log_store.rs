@@ -291,46 +291,51 @@ fn write_logs_err(e: &(dyn std::error::Error + 'static)) -> StorageError {
 }
 
 impl LogReader {
-    /// Writes the journal's records in `dir` back into `raft_log` (see the module docs), then
-    /// flushes the store so the segments can go. Entries a purge removed stay removed.
+    /// Writes the journal's records in `dir` back into `raft_log` (see the module docs), one
+    /// segment at a time, then flushes the store so the segments can go. Entries a purge
+    /// removed stay removed.
     fn replay_journal(&self, dir: &Path) -> Result<(), StorageError> {
-        let records = Journal::read_all(dir).map_err(|e| read_logs_err(&e))?;
-        if records.is_empty() {
-            return Ok(());
-        }
+        let segments = Journal::segments(dir).map_err(|e| read_logs_err(&e))?;
         let last_purged: Option<LogId> = self.read_state(KEY_LAST_PURGED, ErrorSubject::Logs)?;
         let purged = last_purged.map(|id| id.index);
         let backend = self.store.backend();
         let cf = backend.cf(CF_RAFT_LOG);
-        let mut batch = WriteBatch::default();
-        let mut count = 0usize;
-        for record in &records {
-            match record {
-                Record::Entries(entries) => {
-                    for (i, bytes) in entries.iter().enumerate() {
-                        let entry: Entry = codec::decode(bytes).map_err(|e| read_logs_err(&e))?;
-                        let index = entry.log_id.index;
-                        if i == 0 {
-                            // An append follows the log's last entry: anything after that
-                            // point in the store is from a later record, which comes again.
-                            batch.delete_range_cf(&cf, &log_key(index)[..], &LOG_KEY_END[..]);
-                        }
-                        if purged.is_none_or(|p| index > p) {
-                            batch.put_cf(&cf, log_key(index), bytes);
-                            count += 1;
+        let (mut records, mut restored) = (0usize, 0usize);
+        for seq in segments {
+            let mut batch = WriteBatch::default();
+            for record in Journal::read_segment(dir, seq).map_err(|e| read_logs_err(&e))? {
+                records += 1;
+                match record {
+                    Record::Entries(entries) => {
+                        for (i, bytes) in entries.iter().enumerate() {
+                            let entry: Entry =
+                                codec::decode(bytes).map_err(|e| read_logs_err(&e))?;
+                            let index = entry.log_id.index;
+                            if i == 0 {
+                                // An append follows the log's last entry: anything after that
+                                // point in the store is from a later record, which comes again.
+                                batch.delete_range_cf(&cf, &log_key(index)[..], &LOG_KEY_END[..]);
+                            }
+                            if purged.is_none_or(|p| index > p) {
+                                batch.put_cf(&cf, log_key(index), bytes);
+                                restored += 1;
+                            }
                         }
                     }
-                }
-                Record::Truncate(index) => {
-                    batch.delete_range_cf(&cf, &log_key(*index)[..], &LOG_KEY_END[..]);
+                    Record::Truncate(index) => {
+                        batch.delete_range_cf(&cf, &log_key(index)[..], &LOG_KEY_END[..]);
+                    }
                 }
             }
+            write_unlogged(&self.store, batch).map_err(|e| write_logs_err(&e))?;
         }
-        write_unlogged(&self.store, batch).map_err(|e| write_logs_err(&e))?;
+        if records == 0 {
+            return Ok(());
+        }
         backend.persist().map_err(|e| write_logs_err(&e))?;
         tracing::info!(
-            records = records.len(),
-            entries = count,
+            records,
+            entries = restored,
             "raft log entries restored from the journal"
         );
         Ok(())
@@ -538,10 +543,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.reader.cache.lock().append(&entries);
         if is_followers_append(self.member, &entries) {
-            let synced = if self.fsync { file.sync_data() } else { Ok(()) };
-            let failed = synced.as_ref().err().map(|e| write_logs_err(e));
-            callback.log_io_completed(synced);
-            return failed.map_or(Ok(()), Err);
+            if self.fsync {
+                file.sync_data().map_err(|e| write_logs_err(&e))?;
+            }
+            callback.log_io_completed(Ok(()));
+            return Ok(());
         }
         let Some(syncer) = &self.syncer else {
             unreachable!("invariant: the sync thread lives as long as the log store");
