@@ -313,38 +313,54 @@ impl WatchHub {
         if committed.events.len() > 1 {
             matches.sort_unstable();
         }
-        // The usual commit has one event: its watchers that want it share one batch.
-        let single: Option<EventBatch> = match shared.as_slice() {
-            [Some(only)] => Some(Arc::from([Arc::clone(only)])),
-            _ => None,
-        };
-        let mut deliveries: Vec<(StreamId, Delivery)> = Vec::with_capacity(matches.len());
-        for run in matches.chunk_by(|a, b| a.0 == b.0) {
-            let key = run[0].0;
-            let Some(w) = st.watchers.get(&key) else {
-                continue;
-            };
-            let events: EventBatch = match &single {
-                Some(batch) if w.wants(&batch[0]) => Arc::clone(batch),
-                Some(_) => continue,
-                None => run
+        let mut deliveries: Vec<(StreamId, Delivery)> = Vec::new();
+        match shared.as_slice() {
+            // The usual commit has one event: a stream's watchers that want it share one batch
+            // and one delivery.
+            [Some(only)] => {
+                let batch: EventBatch = Arc::from([Arc::clone(only)]);
+                let mut wanting: Vec<(StreamId, WatcherKey)> = matches
                     .iter()
-                    .filter_map(|&(_, i)| shared[i].as_ref())
-                    .filter(|e| w.wants(e))
-                    .cloned()
-                    .collect(),
-            };
-            if !events.is_empty() {
-                let delivery = Delivery::Events {
-                    watcher: key,
-                    rev: committed.rev,
-                    events,
-                };
-                deliveries.push((w.stream, delivery));
+                    .filter_map(|&(key, _)| {
+                        let w = st.watchers.get(&key)?;
+                        w.wants(only).then_some((w.stream, key))
+                    })
+                    .collect();
+                wanting.sort_unstable();
+                for run in wanting.chunk_by(|a, b| a.0 == b.0) {
+                    let delivery = Delivery::Events {
+                        watchers: run.iter().map(|&(_, key)| key).collect(),
+                        rev: committed.rev,
+                        events: Arc::clone(&batch),
+                    };
+                    deliveries.push((run[0].0, delivery));
+                }
+            }
+            _ => {
+                for run in matches.chunk_by(|a, b| a.0 == b.0) {
+                    let key = run[0].0;
+                    let Some(w) = st.watchers.get(&key) else {
+                        continue;
+                    };
+                    let events: EventBatch = run
+                        .iter()
+                        .filter_map(|&(_, i)| shared[i].as_ref())
+                        .filter(|e| w.wants(e))
+                        .cloned()
+                        .collect();
+                    if !events.is_empty() {
+                        let delivery = Delivery::Events {
+                            watchers: vec![key],
+                            rev: committed.rev,
+                            events,
+                        };
+                        deliveries.push((w.stream, delivery));
+                    }
+                }
+                // A stream's deliveries are queued together.
+                deliveries.sort_by_key(|(stream, _)| *stream);
             }
         }
-        // A stream's deliveries are queued together.
-        deliveries.sort_unstable_by_key(|(stream, _)| *stream);
         let mut per_stream: Vec<(StreamId, Vec<Delivery>)> = Vec::new();
         for (stream, delivery) in deliveries {
             match per_stream.last_mut() {
@@ -358,8 +374,8 @@ impl WatchHub {
                 continue;
             };
             for refused in stream.queue.try_push_all(deliveries) {
-                if let Delivery::Events { watcher, .. } = refused {
-                    victims.push(watcher);
+                if let Delivery::Events { watchers, .. } = refused {
+                    victims.extend(watchers);
                 }
             }
         }

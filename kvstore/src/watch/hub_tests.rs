@@ -63,20 +63,23 @@ fn spec(range: KeyRange, start_rev: i64) -> WatchSpec {
     }
 }
 
-/// (watcher, key, mod_revision) of every event delivered, in order.
+/// (watcher, key, mod_revision) of every event delivered, watcher by watcher, each watcher's
+/// in order.
 fn events_of(d: &Delivery) -> Vec<(WatcherKey, String, i64)> {
     match d {
         Delivery::Events {
-            watcher, events, ..
-        } => events
+            watchers, events, ..
+        } => watchers
             .iter()
-            .map(|e| {
-                let kv = e.kv.as_ref().expect("kv");
-                (
-                    *watcher,
-                    String::from_utf8_lossy(&kv.key).into_owned(),
-                    kv.mod_revision,
-                )
+            .flat_map(|watcher| {
+                events.iter().map(move |e| {
+                    let kv = e.kv.as_ref().expect("kv");
+                    (
+                        *watcher,
+                        String::from_utf8_lossy(&kv.key).into_owned(),
+                        kv.mod_revision,
+                    )
+                })
             })
             .collect(),
         _ => Vec::new(),
@@ -286,6 +289,55 @@ async fn a_slow_stream_is_set_aside_and_caught_up_from_history() {
         events_of(&recv(&stream).await),
         vec![(w, "/v/last".to_string(), r)]
     );
+}
+
+#[tokio::test]
+async fn a_streams_watchers_of_one_event_share_a_delivery_and_those_that_do_not_fit_catch_up() {
+    let f = fixture(HubConfig {
+        queue: QueueLimits {
+            messages: 3,
+            bytes: 1 << 20,
+        },
+        batch_events: 5,
+        ..HubConfig::default()
+    });
+    let stream = f.hub.open_stream();
+    let other = f.hub.open_stream();
+    let mine: Vec<WatcherKey> = (0..5)
+        .map(|_| stream.watch(spec(KeyRange::Single(b"/s".to_vec()), 0)).key)
+        .collect();
+    let theirs = other.watch(spec(prefix("/"), 0)).key;
+    let r1 = put(&f.store, "/s", "1");
+    match other.try_recv() {
+        Some(Delivery::Events { watchers, .. }) => assert_eq!(watchers, vec![theirs]),
+        d => panic!("want the other stream's events, got {d:?}"),
+    }
+    // Three of the five fit the queue, in one delivery; the other two are set aside.
+    let first = stream.try_recv().expect("a delivery");
+    match &first {
+        Delivery::Events { watchers, .. } => assert_eq!(watchers, &mine[..3]),
+        d => panic!("want events, got {d:?}"),
+    }
+    assert!(stream.try_recv().is_none(), "one delivery for the commit");
+    for w in &mine[3..] {
+        assert_eq!(f.hub.watcher_state(*w), Some(WatcherState::Victim));
+    }
+    let r2 = put(&f.store, "/s", "2");
+    // Every watcher gets both events exactly once, in order.
+    let mut got: Vec<(WatcherKey, String, i64)> = events_of(&first);
+    let want_len = 2 * mine.len();
+    while got.len() < want_len {
+        got.extend(events_of(&recv(&stream).await));
+    }
+    for w in &mine {
+        let revs: Vec<i64> = got
+            .iter()
+            .filter(|(k, _, _)| k == w)
+            .map(|(_, _, rev)| *rev)
+            .collect();
+        assert_eq!(revs, vec![r1, r2], "watcher {w}");
+    }
+    assert!(stream.try_recv().is_none(), "nothing twice");
 }
 
 #[tokio::test]

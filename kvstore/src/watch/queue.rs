@@ -1,5 +1,8 @@
 //! The bounded queue of deliveries from the hub to one stream (etcd's per-stream `chan
-//! WatchResponse` of 128), bounded by a message count and a byte budget.
+//! WatchResponse` of 128), bounded by a message count and a byte budget. A delivery of events
+//! to several watchers of the stream (a commit's event, shared by every watcher of the stream
+//! that wants it) counts as one message per watcher, as their responses would in etcd's
+//! channel, and may be admitted in part: the watchers that fit are queued, the rest refused.
 //!
 //! The hub pushes without ever waiting: a push that does not fit fails, and the hub sets the
 //! watcher aside. The stream's session pops, and once a queue that refused a push has drained to
@@ -20,10 +23,11 @@ use super::watcher::WatcherKey;
 /// One thing the hub tells a stream.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Delivery {
-    /// Events for one watcher, in revision order, whole transactions only.
+    /// Events for one or more watchers of the stream, in revision order, whole transactions
+    /// only; each watcher gets them in a response of its own.
     Events {
-        /// The watcher they are for.
-        watcher: WatcherKey,
+        /// The watchers they are for (at least one).
+        watchers: Vec<WatcherKey>,
         /// The store's revision the delivery reflects (for the response header).
         rev: i64,
         /// The events; shared between the watchers of one commit.
@@ -49,13 +53,42 @@ pub enum Delivery {
 }
 
 impl Delivery {
-    /// The bytes this delivery counts against the queue's budget.
-    fn cost(&self) -> usize {
+    /// The messages this delivery counts against the queue's bound: one per response it makes.
+    fn messages(&self) -> usize {
+        match self {
+            Delivery::Events { watchers, .. } => watchers.len(),
+            _ => 1,
+        }
+    }
+
+    /// The bytes each of its messages counts against the queue's budget.
+    fn unit_cost(&self) -> usize {
         match self {
             Delivery::Events { events, .. } => {
                 events.iter().map(|e| e.encoded_len() + 16).sum::<usize>() + 64
             }
             _ => 64,
+        }
+    }
+
+    /// The bytes this delivery counts against the queue's budget.
+    fn cost(&self) -> usize {
+        self.unit_cost() * self.messages()
+    }
+
+    /// Splits off the messages from `at` on (only a delivery of events has more than one).
+    fn split_off(&mut self, at: usize) -> Option<Delivery> {
+        match self {
+            Delivery::Events {
+                watchers,
+                rev,
+                events,
+            } if at < watchers.len() => Some(Delivery::Events {
+                watchers: watchers.split_off(at),
+                rev: *rev,
+                events: Arc::clone(events),
+            }),
+            _ => None,
         }
     }
 }
@@ -101,6 +134,8 @@ impl Wakeup {
 struct Inner {
     /// Deliveries in the order pushed.
     items: VecDeque<Delivery>,
+    /// Sum of the items' messages.
+    messages: usize,
     /// Sum of the items' costs.
     bytes: usize,
     /// A push was refused since the queue last drained: wake the hub when it has.
@@ -131,45 +166,57 @@ impl StreamQueue {
         }
     }
 
-    /// Queues `delivery` if it fits; gives it back if not. Never waits.
+    /// Queues what fits of `delivery`; gives back the rest (all of it if nothing fit). Never
+    /// waits.
     pub fn try_push(&self, delivery: Delivery) -> Result<(), Delivery> {
-        let admitted = self.admit(&mut self.inner.lock(), delivery);
-        if admitted.is_ok() {
+        let (admitted, refused) = self.admit(&mut self.inner.lock(), delivery);
+        if admitted {
             self.ready.notify_one();
         }
-        admitted
+        refused.map_or(Ok(()), Err)
     }
 
-    /// Queues each of `deliveries` that fits, in order, under one lock and with one wake-up of
-    /// the stream's task (a commit's deliveries to the watchers of one stream arrive together,
-    /// so the task handles them in one turn). Returns those that did not fit. Never waits.
+    /// Queues what fits of each of `deliveries`, in order, under one lock and with one wake-up
+    /// of the stream's task (a commit's deliveries to the watchers of one stream arrive
+    /// together, so the task handles them in one turn). Returns what did not fit. Never waits.
     pub fn try_push_all(&self, deliveries: Vec<Delivery>) -> Vec<Delivery> {
         let mut inner = self.inner.lock();
-        let count = deliveries.len();
-        let refused: Vec<Delivery> = deliveries
-            .into_iter()
-            .filter_map(|delivery| self.admit(&mut inner, delivery).err())
-            .collect();
+        let mut any = false;
+        let mut refused = Vec::new();
+        for delivery in deliveries {
+            let (admitted, rest) = self.admit(&mut inner, delivery);
+            any |= admitted;
+            refused.extend(rest);
+        }
         drop(inner);
-        if refused.len() < count {
+        if any {
             self.ready.notify_one();
         }
         refused
     }
 
-    /// Adds `delivery` to the locked queue if it fits (anything fits an empty queue); gives it
-    /// back and remembers the refusal if not.
-    fn admit(&self, inner: &mut Inner, delivery: Delivery) -> Result<(), Delivery> {
-        let cost = delivery.cost();
-        let full = inner.items.len() >= self.limits.messages.max(1)
-            || inner.bytes + cost > self.limits.bytes;
-        if full && !inner.items.is_empty() {
-            inner.refused = true;
-            return Err(delivery);
+    /// Adds to the locked queue as many of `delivery`'s messages as fit (the first always fits
+    /// an empty queue); returns whether any did, and the rest, remembering the refusal.
+    fn admit(&self, inner: &mut Inner, mut delivery: Delivery) -> (bool, Option<Delivery>) {
+        let unit = delivery.unit_cost().max(1);
+        let message_room = self.limits.messages.max(1).saturating_sub(inner.messages);
+        let byte_room = self.limits.bytes.saturating_sub(inner.bytes) / unit;
+        let mut fit = delivery.messages().min(message_room).min(byte_room);
+        if inner.items.is_empty() {
+            fit = fit.max(1);
         }
+        if fit == 0 {
+            inner.refused = true;
+            return (false, Some(delivery));
+        }
+        let rest = delivery.split_off(fit);
+        if rest.is_some() {
+            inner.refused = true;
+        }
+        inner.messages += delivery.messages();
+        inner.bytes += delivery.cost();
         inner.items.push_back(delivery);
-        inner.bytes += cost;
-        Ok(())
+        (true, rest)
     }
 
     /// True if the queue is at or below half of both bounds: catching up a watcher of this
@@ -180,12 +227,12 @@ impl StreamQueue {
     }
 
     fn below_low_water(inner: &Inner, limits: QueueLimits) -> bool {
-        inner.items.len() <= limits.messages / 2 && inner.bytes <= limits.bytes / 2
+        inner.messages <= limits.messages / 2 && inner.bytes <= limits.bytes / 2
     }
 
-    /// Number of deliveries queued.
+    /// Number of messages queued (a delivery of events counts one per watcher).
     pub fn len(&self) -> usize {
-        self.inner.lock().items.len()
+        self.inner.lock().messages
     }
 
     /// True if nothing is queued.
@@ -198,6 +245,7 @@ impl StreamQueue {
         let mut inner = self.inner.lock();
         let item = inner.items.pop_front()?;
         inner.bytes -= item.cost();
+        inner.messages -= item.messages();
         let wake_hub = inner.refused && Self::below_low_water(&inner, self.limits);
         if wake_hub {
             inner.refused = false;
@@ -239,7 +287,7 @@ mod tests {
             prev_kv: None,
         }));
         Delivery::Events {
-            watcher: 1,
+            watchers: vec![1],
             rev: 1,
             events: vec![ev; n].into(),
         }
@@ -275,7 +323,7 @@ mod tests {
         let (q, _hub) = queue(3, 1 << 20);
         let numbered = |w| match events(1, 10) {
             Delivery::Events { rev, events, .. } => Delivery::Events {
-                watcher: w,
+                watchers: vec![w],
                 rev,
                 events,
             },
@@ -289,6 +337,42 @@ mod tests {
             q.try_push_all(vec![numbered(6)]).is_empty(),
             "room again once drained"
         );
+    }
+
+    /// `events(1, 10)` for these watchers.
+    fn shared(watchers: std::ops::RangeInclusive<WatcherKey>) -> Delivery {
+        match events(1, 10) {
+            Delivery::Events { rev, events, .. } => Delivery::Events {
+                watchers: watchers.collect(),
+                rev,
+                events,
+            },
+            other => other,
+        }
+    }
+
+    #[test]
+    fn a_shared_delivery_counts_each_watcher_and_is_admitted_in_part() {
+        let (q, hub) = queue(4, 1 << 20);
+        assert!(q.try_push(shared(1..=3)).is_ok());
+        assert_eq!(q.len(), 3, "one message per watcher");
+        let refused = q.try_push(shared(4..=6)).expect_err("only one more fits");
+        assert_eq!(refused, shared(5..=6), "the watchers that did not fit");
+        assert_eq!(q.len(), 4);
+        assert_eq!(q.try_pop(), Some(shared(1..=3)));
+        assert!(*hub.flag.lock(), "drained to half after a refusal");
+        assert_eq!(q.try_pop(), Some(shared(4..=4)));
+        assert!(q.is_empty());
+
+        // The byte budget too: each watcher's share costs what a delivery of its own would.
+        let unit = shared(1..=1).cost();
+        let (q, _hub) = queue(100, 2 * unit);
+        let refused = q.try_push_all(vec![shared(1..=5)]);
+        assert_eq!(refused, vec![shared(3..=5)]);
+        // An empty queue takes at least one watcher's share, whatever its size.
+        let (q, _hub) = queue(100, unit / 2);
+        assert_eq!(q.try_push(shared(1..=2)), Err(shared(2..=2)));
+        assert_eq!(q.len(), 1);
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl WatchHub {
                     continue;
                 };
                 let delivery = Delivery::Events {
-                    watcher: key,
+                    watchers: vec![key],
                     rev: next_rev - 1,
                     events: events.into(),
                 };

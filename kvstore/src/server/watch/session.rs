@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
-use super::wire::{fragments, Outbound};
+use super::wire::{fragments, EventsBody, Outbound};
 use crate::mvcc::{Error as StoreError, KeyRange, KvStore, RangeOptions};
 use crate::node::Node;
 use crate::watch::{Delivery, Filters, HubStream, WatchSpec, WatcherKey};
@@ -253,42 +253,15 @@ impl Session {
     async fn deliver(&mut self, delivery: Delivery) -> Result<(), Gone> {
         match delivery {
             Delivery::Events {
-                watcher,
+                watchers,
                 rev,
                 events,
             } => {
-                let Some(entry) = self.watches.get_mut(&watcher) else {
-                    return Ok(());
-                };
-                entry.quiet = false;
-                let (id, prev_kv, fragment) = (entry.id, entry.prev_kv, entry.fragment);
+                // The watchers' responses share the header and the events' encoding.
                 let header = self.step_header_at(rev);
-                let whole = !fragment
-                    || events.len() < 2
-                    || Outbound::events_len(&header, id, &events) < self.max_response_bytes;
-                if !prev_kv && whole {
-                    // The common case: the events go out as they are, encoded once per commit.
-                    self.pending.push(Outbound::Events {
-                        header,
-                        watch_id: id,
-                        events,
-                    });
-                    return Ok(());
-                }
-                let mut events: Vec<Event> = events.iter().map(|e| Event::clone(e)).collect();
-                if prev_kv {
-                    events = with_prev_kv(Arc::clone(&self.node.store), events).await?;
-                }
-                let resp = WatchResponse {
-                    header: Some(header),
-                    watch_id: id,
-                    events,
-                    ..WatchResponse::default()
-                };
-                if fragment {
-                    self.send_fragments(resp);
-                } else {
-                    self.send(resp);
+                let body = EventsBody::new(&header, events);
+                for watcher in watchers {
+                    self.deliver_events(watcher, &header, &body).await?;
                 }
                 Ok(())
             }
@@ -328,6 +301,46 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// The response (or responses) of one watcher of an events delivery.
+    async fn deliver_events(
+        &mut self,
+        watcher: WatcherKey,
+        header: &ResponseHeader,
+        body: &EventsBody,
+    ) -> Result<(), Gone> {
+        let Some(entry) = self.watches.get_mut(&watcher) else {
+            return Ok(());
+        };
+        entry.quiet = false;
+        let (id, prev_kv, fragment) = (entry.id, entry.prev_kv, entry.fragment);
+        let events = body.events();
+        let whole = !fragment || events.len() < 2 || body.encoded_len(id) < self.max_response_bytes;
+        if !prev_kv && whole {
+            // The common case: the events go out as they are, encoded once per commit.
+            self.pending.push(Outbound::Events {
+                body: body.clone(),
+                watch_id: id,
+            });
+            return Ok(());
+        }
+        let mut events: Vec<Event> = events.iter().map(|e| Event::clone(e)).collect();
+        if prev_kv {
+            events = with_prev_kv(Arc::clone(&self.node.store), events).await?;
+        }
+        let resp = WatchResponse {
+            header: Some(*header),
+            watch_id: id,
+            events,
+            ..WatchResponse::default()
+        };
+        if fragment {
+            self.send_fragments(resp);
+        } else {
+            self.send(resp);
+        }
+        Ok(())
     }
 
     /// Sends a response of a fragmenting watch, split as [`fragments`] does.

@@ -7,8 +7,6 @@
 //! produce for the same response (fields in number order, defaults left out), which the tests
 //! check byte for byte.
 
-use std::sync::Arc;
-
 use bytes::BufMut;
 use kvstore_proto::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
@@ -16,7 +14,7 @@ use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
-use crate::watch::{EventBatch, SharedEvent};
+use crate::watch::EventBatch;
 
 /// `WatchResponse.header`.
 const HEADER_FIELD: u32 = 1;
@@ -27,17 +25,99 @@ const EVENTS_FIELD: u32 = 11;
 /// A field key of a field number below 16 is one byte.
 const KEY_LEN: usize = 1;
 
+/// The longest `WatchResponse.header` field: its key, a one-byte length and a message of four
+/// fields, each a key and a varint of at most ten bytes.
+const MAX_HEADER_FIELD: usize = KEY_LEN + 1 + 4 * (KEY_LEN + 10);
+
+/// A `WatchResponse.header` field (key, length, message), encoded once and copied into every
+/// response of a delivery: the responses of one commit to a stream's watchers all carry the
+/// same header.
+#[derive(Clone, Copy)]
+pub struct EncodedHeader {
+    /// The field's bytes, `len` of them.
+    bytes: [u8; MAX_HEADER_FIELD],
+    /// How many of `bytes` are used.
+    len: u8,
+}
+
+impl EncodedHeader {
+    /// The encoded `header` field of `header`.
+    pub fn new(header: &ResponseHeader) -> Self {
+        let mut bytes = [0; MAX_HEADER_FIELD];
+        let mut rest = &mut bytes[..];
+        prost::encoding::message::encode(HEADER_FIELD, header, &mut rest);
+        let len = (MAX_HEADER_FIELD - rest.len()) as u8;
+        Self { bytes, len }
+    }
+
+    /// The field's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for EncodedHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedHeader")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// What the responses of one delivery share: the header field and the events, with the length
+/// of the events' fields.
+#[derive(Clone, Debug)]
+pub struct EventsBody {
+    /// The member's header for the delivery's revision.
+    header: EncodedHeader,
+    /// The events, shared with the other watchers of the commit.
+    events: EventBatch,
+    /// The length of the events encoded as `WatchResponse.events` fields.
+    events_len: usize,
+}
+
+impl EventsBody {
+    /// The shared part of responses carrying `events` under `header`.
+    pub fn new(header: &ResponseHeader, events: EventBatch) -> Self {
+        let events_len = events
+            .iter()
+            .map(|event| {
+                let n = event.encoded_len();
+                KEY_LEN + encoded_len_varint(n as u64) + n
+            })
+            .sum();
+        Self {
+            header: EncodedHeader::new(header),
+            events,
+            events_len,
+        }
+    }
+
+    /// The events.
+    pub fn events(&self) -> &EventBatch {
+        &self.events
+    }
+
+    /// The length of the encoded response for `watch_id`.
+    pub fn encoded_len(&self, watch_id: i64) -> usize {
+        let id_len = if watch_id == 0 {
+            0
+        } else {
+            KEY_LEN + encoded_len_varint(watch_id as u64)
+        };
+        usize::from(self.header.len) + id_len + self.events_len
+    }
+}
+
 /// One response of a Watch stream, as its task hands it to gRPC.
 #[derive(Debug)]
 pub enum Outbound {
     /// A response with a header, a watch ID and events, and nothing else.
     Events {
-        /// The member's header.
-        header: ResponseHeader,
+        /// The header and events, shared with the other watchers of the delivery.
+        body: EventsBody,
         /// The watch the events are for.
         watch_id: i64,
-        /// The events, shared with the other watchers of the commit.
-        events: EventBatch,
     },
     /// Any other response.
     Message(WatchResponse),
@@ -48,47 +128,21 @@ impl Outbound {
     pub fn encoded_len(&self) -> usize {
         match self {
             Outbound::Message(resp) => resp.encoded_len(),
-            Outbound::Events {
-                header,
-                watch_id,
-                events,
-            } => Self::events_len(header, *watch_id, events),
+            Outbound::Events { body, watch_id } => body.encoded_len(*watch_id),
         }
-    }
-
-    /// The length of an encoded [`Outbound::Events`] with these fields.
-    pub fn events_len(
-        header: &ResponseHeader,
-        watch_id: i64,
-        events: &[Arc<SharedEvent>],
-    ) -> usize {
-        let header_len = header.encoded_len();
-        let mut len = KEY_LEN + encoded_len_varint(header_len as u64) + header_len;
-        if watch_id != 0 {
-            len += KEY_LEN + encoded_len_varint(watch_id as u64);
-        }
-        for event in events {
-            let n = event.encoded_len();
-            len += KEY_LEN + encoded_len_varint(n as u64) + n;
-        }
-        len
     }
 
     /// Writes the response as an encoded `WatchResponse` message.
     pub fn encode(&self, buf: &mut impl BufMut) {
         match self {
             Outbound::Message(resp) => resp.encode_raw(buf),
-            Outbound::Events {
-                header,
-                watch_id,
-                events,
-            } => {
-                prost::encoding::message::encode(HEADER_FIELD, header, buf);
+            Outbound::Events { body, watch_id } => {
+                buf.put_slice(body.header.as_bytes());
                 if *watch_id != 0 {
                     encode_key(WATCH_ID_FIELD, WireType::Varint, buf);
                     encode_varint(*watch_id as u64, buf);
                 }
-                for event in events.iter() {
+                for event in body.events.iter() {
                     let encoded = event.encoded();
                     encode_key(EVENTS_FIELD, WireType::LengthDelimited, buf);
                     encode_varint(encoded.len() as u64, buf);
@@ -173,7 +227,10 @@ impl Decoder for WireCodec {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::watch::SharedEvent;
     use kvstore_proto::mvccpb::{event::EventType, Event, KeyValue};
     use proptest::prelude::*;
 
@@ -243,12 +300,32 @@ mod tests {
                 ..WatchResponse::default()
             }
             .encode_to_vec();
-            let out = Outbound::Events { header, watch_id, events: shared.into() };
+            let out = Outbound::Events {
+                body: EventsBody::new(&header, shared.into()),
+                watch_id,
+            };
             prop_assert_eq!(out.encoded_len(), expected.len());
             let mut encoded = Vec::new();
             out.encode(&mut encoded);
             prop_assert_eq!(encoded, expected);
         }
+    }
+
+    #[test]
+    fn the_largest_header_fits_its_encoding() {
+        let header = ResponseHeader {
+            cluster_id: u64::MAX,
+            member_id: u64::MAX,
+            revision: i64::MIN,
+            raft_term: u64::MAX,
+        };
+        let expected = WatchResponse {
+            header: Some(header),
+            ..WatchResponse::default()
+        }
+        .encode_to_vec();
+        assert_eq!(EncodedHeader::new(&header).as_bytes(), &expected[..]);
+        assert_eq!(expected.len(), MAX_HEADER_FIELD);
     }
 
     #[test]
