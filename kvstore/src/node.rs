@@ -294,10 +294,13 @@ pub async fn serve(node: Arc<Node>) -> Result<(), Error> {
             .into_server();
         let shutdown = node.shutdown.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(no_delay);
+        // The peer service is served as it is, not through tonic's router (an axum router that
+        // looks up, boxes and clones per request; see `server/routes.rs`): it is the only
+        // service here, and it answers a path it does not know with `Unimplemented` as the
+        // router would.
         tasks.spawn(async move {
             tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .serve_with_incoming_shutdown(service, incoming, shutdown.cancelled_owned())
                 .await
                 .map_err(|e| Error::Internal(format!("peer listener: {e}")))
         });
