@@ -358,7 +358,7 @@ impl WatchHub {
                     }
                 }
                 // A stream's deliveries are queued together.
-                deliveries.sort_by_key(|(stream, _)| *stream);
+                deliveries.sort_unstable_by_key(|(stream, _)| *stream);
             }
         }
         let mut per_stream: Vec<(StreamId, Vec<Delivery>)> = Vec::new();

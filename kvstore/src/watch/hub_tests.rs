@@ -63,6 +63,18 @@ fn spec(range: KeyRange, start_rev: i64) -> WatchSpec {
     }
 }
 
+/// A hub whose streams queue at most `messages` responses, catching up 5 events at a time.
+fn short_queues(messages: usize) -> HubConfig {
+    HubConfig {
+        queue: QueueLimits {
+            messages,
+            bytes: 1 << 20,
+        },
+        batch_events: 5,
+        ..HubConfig::default()
+    }
+}
+
 /// (watcher, key, mod_revision) of every event delivered, watcher by watcher, each watcher's
 /// in order.
 fn events_of(d: &Delivery) -> Vec<(WatcherKey, String, i64)> {
@@ -247,14 +259,7 @@ async fn catch_up_switches_to_synced_without_gap_or_duplicate() {
 
 #[tokio::test]
 async fn a_slow_stream_is_set_aside_and_caught_up_from_history() {
-    let f = fixture(HubConfig {
-        queue: QueueLimits {
-            messages: 2,
-            bytes: 1 << 20,
-        },
-        batch_events: 5,
-        ..HubConfig::default()
-    });
+    let f = fixture(short_queues(2));
     let stream = f.hub.open_stream();
     let w = stream.watch(spec(prefix("/v/"), 0)).key;
     let mut written = Vec::new();
@@ -293,14 +298,7 @@ async fn a_slow_stream_is_set_aside_and_caught_up_from_history() {
 
 #[tokio::test]
 async fn a_streams_watchers_of_one_event_share_a_delivery_and_those_that_do_not_fit_catch_up() {
-    let f = fixture(HubConfig {
-        queue: QueueLimits {
-            messages: 3,
-            bytes: 1 << 20,
-        },
-        batch_events: 5,
-        ..HubConfig::default()
-    });
+    let f = fixture(short_queues(3));
     let stream = f.hub.open_stream();
     let other = f.hub.open_stream();
     let mine: Vec<WatcherKey> = (0..5)

@@ -32,7 +32,7 @@ const MAX_HEADER_FIELD: usize = KEY_LEN + 1 + 4 * (KEY_LEN + 10);
 /// A `WatchResponse.header` field (key, length, message), encoded once and copied into every
 /// response of a delivery: the responses of one commit to a stream's watchers all carry the
 /// same header.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct EncodedHeader {
     /// The field's bytes, `len` of them.
     bytes: [u8; MAX_HEADER_FIELD],
@@ -53,14 +53,6 @@ impl EncodedHeader {
     /// The field's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
-    }
-}
-
-impl std::fmt::Debug for EncodedHeader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EncodedHeader")
-            .field("len", &self.len)
-            .finish()
     }
 }
 
