@@ -138,7 +138,11 @@ fn accept_one(listener: &TcpListener) -> io::Result<TcpStream> {
 }
 
 fn follower(role: &Role) -> io::Result<()> {
-    let mut log = Log::create(&role.dir, &format!("follower-{}.log", std::process::id()), role.sync)?;
+    let mut log = Log::create(
+        &role.dir,
+        &format!("follower-{}.log", std::process::id()),
+        role.sync,
+    )?;
     let mut leader = accept_one(&listen()?)?;
     let mut record = [0; RECORD];
     while leader.read_exact(&mut record).is_ok() {
@@ -203,7 +207,10 @@ fn spawn(role: &str, args: &Role) -> io::Result<(Child, u16)> {
         .args(args.args())
         .stdout(Stdio::piped())
         .spawn()?;
-    let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no stdout"))?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     let port = line
@@ -256,7 +263,11 @@ fn run(args: &[String]) -> io::Result<()> {
     let total: Duration = latencies.iter().sum();
     println!(
         "{ops} writes ({}): {:.0}/s, p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-        if sync { "synced on a quorum" } else { "no sync" },
+        if sync {
+            "synced on a quorum"
+        } else {
+            "no sync"
+        },
         ops as f64 / total.as_secs_f64(),
         at(0.5),
         at(0.9),
