@@ -197,10 +197,12 @@ async fn reflector(ctx: Ctx) {
                     cache: cache.clone(),
                     list: want.clone(),
                 };
-                let outcome = if at >= rev {
-                    Outcome::Ok
-                } else {
-                    Outcome::Info("did not catch up".into())
+                // Only a cache at the list's own revision can be compared with it; one rebuilt
+                // from a later list (after a compaction) may hold later writes.
+                let outcome = match at.cmp(rev) {
+                    std::cmp::Ordering::Equal => Outcome::Ok,
+                    std::cmp::Ordering::Greater => Outcome::Info("relisted past the list".into()),
+                    std::cmp::Ordering::Less => Outcome::Info("did not catch up".into()),
                 };
                 ctx.record(process, node, call, start, outcome);
                 return;
@@ -217,11 +219,15 @@ async fn reflector(ctx: Ctx) {
         let Some((cache, rev)) = state.as_mut() else {
             continue;
         };
+        // Once the final list is taken, the cache catches up to exactly its revision: a write
+        // still in flight when the workload stopped may land after it.
+        let until = target.as_ref().map(|(_, r)| *r);
         let relist = watch_into(
             &ctx,
             node,
             cache,
             rev,
+            until,
             Duration::from_millis(rng.random_range(1000..5000)),
         )
         .await;
@@ -231,12 +237,14 @@ async fn reflector(ctx: Ctx) {
     }
 }
 
-/// Applies watch events from `rev + 1` for `length`; true if the revision was compacted.
+/// Applies watch events from `rev + 1` for `length`, or up to revision `until` and no further
+/// (then `rev` is `until`); true if the revision was compacted.
 async fn watch_into(
     ctx: &Ctx,
     node: usize,
     cache: &mut Cache,
     rev: &mut i64,
+    until: Option<i64>,
     length: Duration,
 ) -> bool {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -278,13 +286,23 @@ async fn watch_into(
         if resp.events.is_empty() {
             if let Some(h) = resp.header {
                 if !resp.created {
+                    // Nothing under the prefix changed up to the header's revision.
                     *rev = (*rev).max(h.revision);
+                    if let Some(until) = until.filter(|u| *rev >= *u) {
+                        *rev = until;
+                        return false;
+                    }
                 }
             }
             continue;
         }
         for e in &resp.events {
             let Some(kv) = &e.kv else { continue };
+            if let Some(until) = until.filter(|u| kv.mod_revision > *u) {
+                // The cache now holds the state at `until`: nothing changed in between.
+                *rev = until;
+                return false;
+            }
             let key = String::from_utf8_lossy(&kv.key).into_owned();
             if e.r#type == mvccpb::event::EventType::Delete as i32 {
                 cache.remove(&key);
