@@ -270,6 +270,45 @@ async fn prev_kv_carries_the_value_before_each_change() {
     assert_eq!(prev, vec![None, Some("1".into()), Some("2".into())]);
 }
 
+/// The watchers of one stream that a commit reaches share one delivery: those that asked for
+/// prev_kv get the previous value (read once for them all), the one that did not gets none.
+#[tokio::test]
+async fn prev_kv_is_per_watcher_within_a_shared_delivery() {
+    let server = Server::start("prevkv-shared");
+    let mut kv = server.kv().await;
+    let mut w = Watcher::open(&server).await;
+    let mut ids = Vec::new();
+    for prev_kv in [true, false, true] {
+        let created = w
+            .create(WatchCreateRequest {
+                prev_kv,
+                ..watch("/q", b"")
+            })
+            .await;
+        ids.push((created.watch_id, prev_kv));
+    }
+    put(&mut kv, "/q", b"1").await;
+    put(&mut kv, "/q", b"2").await;
+    let events = w.events(6).await;
+    for (id, prev_kv) in ids {
+        let prev: Vec<Option<String>> = events
+            .iter()
+            .filter(|(watch_id, _)| *watch_id == id)
+            .map(|(_, e)| {
+                e.prev_kv
+                    .as_ref()
+                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+            })
+            .collect();
+        let want = if prev_kv {
+            vec![None, Some("1".to_string())]
+        } else {
+            vec![None, None]
+        };
+        assert_eq!(prev, want, "watch {id} (prev_kv {prev_kv})");
+    }
+}
+
 #[tokio::test]
 async fn filters_drop_puts_or_deletes() {
     let server = Server::start("filters");

@@ -266,8 +266,8 @@ impl StreamQueue {
                 return item;
             }
             notified.await;
-            // Woken by a commit: let the tasks already runnable go first. The commit woke this
-            // stream from the middle of the write path (the state machine's apply), and the
+            // Woken, usually by a commit: let the tasks already runnable go first. A commit wakes
+            // its streams from the middle of the write path (the state machine's apply), and the
             // tasks that carry the write's answer back to its client queue behind every task
             // woken before them once tokio's LIFO slot is spent; a yielded task runs when its
             // worker has nothing else to do, or at the latest at its next maintenance tick.

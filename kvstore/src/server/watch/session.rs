@@ -257,11 +257,14 @@ impl Session {
                 rev,
                 events,
             } => {
-                // The watchers' responses share the header and the events' encoding.
+                // The watchers' responses share the header and the events' encoding, and the
+                // previous values, read once for all the watchers that asked for them.
                 let header = self.step_header_at(rev);
                 let body = EventsBody::new(&header, events);
+                let mut with_prev: Option<Vec<Event>> = None;
                 for watcher in watchers {
-                    self.deliver_events(watcher, &header, &body).await?;
+                    self.deliver_events(watcher, &header, &body, &mut with_prev)
+                        .await?;
                 }
                 Ok(())
             }
@@ -303,12 +306,14 @@ impl Session {
         }
     }
 
-    /// The response (or responses) of one watcher of an events delivery.
+    /// The response (or responses) of one watcher of an events delivery. `with_prev` holds the
+    /// delivery's events with their previous values once a watcher of it has needed them.
     async fn deliver_events(
         &mut self,
         watcher: WatcherKey,
         header: &ResponseHeader,
         body: &EventsBody,
+        with_prev: &mut Option<Vec<Event>>,
     ) -> Result<(), Gone> {
         let Some(entry) = self.watches.get_mut(&watcher) else {
             return Ok(());
@@ -325,10 +330,18 @@ impl Session {
             });
             return Ok(());
         }
-        let mut events: Vec<Event> = events.iter().map(|e| Event::clone(e)).collect();
-        if prev_kv {
-            events = with_prev_kv(Arc::clone(&self.node.store), events).await?;
-        }
+        let events: Vec<Event> = if prev_kv {
+            match with_prev {
+                Some(filled) => filled.clone(),
+                None => {
+                    let plain = events.iter().map(|e| Event::clone(e)).collect();
+                    let filled = with_prev_kv(Arc::clone(&self.node.store), plain).await?;
+                    with_prev.insert(filled).clone()
+                }
+            }
+        } else {
+            events.iter().map(|e| Event::clone(e)).collect()
+        };
         let resp = WatchResponse {
             header: Some(*header),
             watch_id: id,
